@@ -1,0 +1,26 @@
+"""Reproducible DataLoader workers for a given seed.
+
+Use both: `DataLoader(..., worker_init_fn=seed_worker, generator=make_generator(seed))`. The generator fixes
+the shuffling order and the base seed DataLoader gives each worker's torch RNG (which the transforms use);
+`seed_worker` derives Python's and NumPy's seeds from it as well.
+"""
+
+import random
+
+import numpy as np
+import torch
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A CPU torch.Generator seeded with `seed`, for a DataLoader's `generator=`."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def seed_worker(worker_id: int) -> None:
+    """`worker_init_fn`: seed `random` and NumPy from the worker's torch seed (base seed + worker id)."""
+    del worker_id  # already folded into torch.initial_seed() by DataLoader
+    worker_seed = torch.initial_seed() % 2**32
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)
