@@ -1,0 +1,122 @@
+"""COCO bbox evaluation of detections gathered from every worker (a Determined `MetricReducer`)."""
+
+import contextlib
+import copy
+import io
+import logging
+
+import numpy as np
+import torch
+from determined import pytorch
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large")
+EVALUATORS = ("pycocotools", "faster_coco_eval")
+
+
+def detections_to_rows(
+    image_ids: list[int], results: list[dict[str, torch.Tensor]], label_to_cat_id: list[int] | None
+) -> np.ndarray:
+    """Detections as rows [image_id, x, y, w, h, score, category_id], the format `COCO.loadRes` takes.
+
+    Args:
+        image_ids: B COCO image ids.
+        results: B dicts with `scores` [K], `labels` [K] and `boxes` [K, 4] (absolute x1, y1, x2, y2).
+        label_to_cat_id: maps a model label to a COCO category id; None when labels are category ids.
+
+    Returns:
+        float64 [sum K, 7]
+    """
+    rows = []
+    for image_id, result in zip(image_ids, results, strict=True):
+        boxes = result["boxes"].detach().float().cpu()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).double().numpy()
+        labels = result["labels"].detach().cpu().numpy()
+        if label_to_cat_id is not None:
+            labels = np.asarray(label_to_cat_id)[labels]
+        block = np.empty((len(labels), 7), dtype=np.float64)
+        block[:, 0] = image_id
+        block[:, 1:5] = xywh
+        block[:, 5] = result["scores"].detach().float().cpu().numpy()
+        block[:, 6] = labels
+        rows.append(block)
+    return np.concatenate(rows) if rows else np.zeros((0, 7))
+
+
+def evaluate_detections(
+    coco_gt, rows: np.ndarray, image_ids: list[int], evaluator: str = "pycocotools"
+) -> dict[str, float]:
+    """COCO bbox metrics of `rows` ([N, 7], see `detections_to_rows`) over the images `image_ids`.
+
+    Only the images that were evaluated count, so a partial validation set gives that subset's metrics.
+    """
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"coco evaluator must be one of {EVALUATORS}, got {evaluator!r}")
+    image_ids = sorted(set(int(i) for i in image_ids))
+    if len(rows) == 0 or not image_ids:
+        logger.warning("COCO evaluation: no detections on %d images; every metric is 0", len(image_ids))
+        return {name: 0.0 for name in METRIC_NAMES}
+    if evaluator == "pycocotools":
+        from pycocotools.cocoeval import COCOeval
+
+        detections = coco_gt.loadRes(rows)
+        coco_eval = COCOeval(coco_gt, detections, iouType="bbox")
+    else:
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        gt = COCO()
+        gt.dataset = copy.deepcopy(coco_gt.dataset)
+        gt.createIndex()
+        detections = gt.loadRes(rows)
+        coco_eval = COCOeval_faster(gt, detections, iouType="bbox")
+    coco_eval.params.imgIds = image_ids
+    # pycocotools prints its progress and table; keep the trial's log readable.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    # -1 marks "no ground truth of this size"; report it as 0 so metrics stay comparable.
+    return {name: max(float(value), 0.0) for name, value in zip(METRIC_NAMES, coco_eval.stats[:6], strict=True)}
+
+
+class CocoDetectionReducer(pytorch.MetricReducer):
+    """Collects detections on each worker; the chief evaluates all of them at once.
+
+    Args:
+        coco_gt: the pycocotools `COCO` object of the validation annotations.
+        label_to_cat_id: maps model labels to COCO category ids, or None when they are the same.
+        evaluator: "pycocotools" or "faster_coco_eval".
+    """
+
+    def __init__(self, coco_gt, label_to_cat_id: list[int] | None, evaluator: str = "pycocotools"):
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"coco evaluator must be one of {EVALUATORS}, got {evaluator!r}")
+        self.coco_gt = coco_gt
+        self.label_to_cat_id = label_to_cat_id
+        self.evaluator = evaluator
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.image_ids: list[int] = []
+
+    def update(self, image_ids: list[int], results: list[dict[str, torch.Tensor]]) -> None:
+        self.image_ids.extend(int(i) for i in image_ids)
+        self.rows.append(detections_to_rows(image_ids, results, self.label_to_cat_id))
+
+    def per_slot_reduce(self) -> tuple[list[int], np.ndarray]:
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, 7))
+        return self.image_ids, rows
+
+    def cross_slot_reduce(self, per_slot_metrics: list[tuple[list[int], np.ndarray]]) -> dict[str, float]:
+        # A sampler may hand an image to two workers (padding to equal shards): count each image once.
+        seen: set[int] = set()
+        kept_rows = []
+        for image_ids, rows in per_slot_metrics:
+            new_ids = [i for i in dict.fromkeys(image_ids) if i not in seen]
+            seen.update(new_ids)
+            if len(rows):
+                kept_rows.append(rows[np.isin(rows[:, 0], new_ids)])
+        rows = np.concatenate(kept_rows) if kept_rows else np.zeros((0, 7))
+        return evaluate_detections(self.coco_gt, rows, sorted(seen), self.evaluator)

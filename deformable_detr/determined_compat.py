@@ -1,0 +1,51 @@
+"""Work-arounds for Determined 0.38.1 under torch 2.14, and for its local (off-cluster) mode."""
+
+import os
+import pickle
+
+import numpy as np
+import torch
+
+
+def allow_determined_rng_state() -> None:
+    """Let `torch.load(weights_only=True)` (torch's default since 2.6) read Determined's checkpoints.
+
+    Determined saves numpy's RNG state in its checkpoints and restores it with a bare `torch.load`;
+    the numpy objects in that state are not on torch's allow-list, so a resume fails with
+    "Weights only load failed ... numpy._core.multiarray._reconstruct". Allow exactly those.
+    """
+    torch.serialization.add_safe_globals(
+        [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    )
+
+
+def batches_trained_in_checkpoint(checkpoint_dir: str) -> int:
+    """How many training batches a checkpoint of a local run had done.
+
+    A local run resumes with Determined's batch counter restored but its data loader at the first
+    batch; the trial skips this many batches itself so that the data continues where it stopped.
+    """
+    state_file = os.path.join(checkpoint_dir, "trial_state.pkl")
+    if not os.path.isfile(state_file):
+        raise FileNotFoundError(f"{checkpoint_dir!r} is not a Determined checkpoint: no trial_state.pkl in it")
+    with open(state_file, "rb") as f:
+        state = pickle.load(f)  # written by Determined for this run
+    return int(state["batches_trained"])
+
+
+def use_local_checkpoint(checkpoint_dir: str, checkpoint_root: str | None) -> str:
+    """Point Determined's local storage at the folder holding `checkpoint_dir`; returns its storage id.
+
+    Local runs keep checkpoints in `$XDG_DATA_HOME/determined/<storage id>/`, and resume by id.
+    """
+    checkpoint_dir = os.path.abspath(checkpoint_dir)
+    storage_root = os.path.dirname(checkpoint_dir)
+    if not os.path.isdir(checkpoint_dir) or os.path.basename(storage_root) != "determined":
+        raise ValueError(
+            f"--resume takes a checkpoint folder of a local run (<checkpoint-dir>/determined/<id>), got {checkpoint_dir!r}"
+        )
+    data_home = os.path.dirname(storage_root)
+    if checkpoint_root and os.path.abspath(checkpoint_root) != data_home:
+        raise ValueError(f"--resume {checkpoint_dir!r} does not lie in --checkpoint-dir {checkpoint_root!r}")
+    os.environ["XDG_DATA_HOME"] = data_home
+    return os.path.basename(checkpoint_dir)
