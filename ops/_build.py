@@ -1,0 +1,173 @@
+"""Finds, builds and loads the compiled kernel library (`ms_deform_attn_ext`).
+
+Order: the module installed ahead of time by `pip install ./ops` if importable; otherwise a JIT build with
+ninja into a per-user cache, keyed by the sources, the torch version and whether CUDA is built, guarded by a
+file lock so that several processes on one node build once. With no C++ compiler or no ninja the package
+falls back to the pure-PyTorch reference and logs why, once; any other build failure raises.
+
+Environment:
+    DDETR_MSDA_IMPL: "auto" (default), "kernel" (fail if the kernel cannot be built) or "reference".
+    DDETR_MSDA_CACHE_DIR: where JIT builds go (default $XDG_CACHE_HOME or ~/.cache, then deformable_detr_ops).
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+LOGGER = logging.getLogger(__name__)
+EXTENSION_NAME = "ms_deform_attn_ext"
+IMPL_ENV = "DDETR_MSDA_IMPL"
+CACHE_ENV = "DDETR_MSDA_CACHE_DIR"
+IMPL_CHOICES = ("auto", "kernel", "reference")
+SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
+
+
+@dataclass
+class KernelState:
+    """What this process decided: `loaded` is None until the first attempt."""
+
+    loaded: bool | None = None
+    origin: str = ""  # "installed", a build directory, or why the reference is used
+
+
+STATE = KernelState()
+
+
+def cpp_sources() -> list[Path]:
+    """The schema file and the CPU kernel."""
+    return [SOURCE_DIR / "ms_deform_attn.cpp", SOURCE_DIR / "cpu" / "ms_deform_attn_cpu.cpp"]
+
+
+def cuda_sources() -> list[Path]:
+    """The CUDA kernel."""
+    return [SOURCE_DIR / "cuda" / "ms_deform_attn_cuda.cu"]
+
+
+def headers() -> list[Path]:
+    return sorted(SOURCE_DIR.glob("*.h"))
+
+
+def requested_impl() -> str:
+    """The value of DDETR_MSDA_IMPL, checked."""
+    impl = os.environ.get(IMPL_ENV, "auto").strip().lower() or "auto"
+    if impl not in IMPL_CHOICES:
+        raise ValueError(f"{IMPL_ENV}={impl!r}: expected one of {', '.join(IMPL_CHOICES)}")
+    return impl
+
+
+def missing_toolchain() -> str | None:
+    """Why a JIT build cannot run here (no C++ compiler, no ninja), or None."""
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler!r} is not on PATH; set CXX)"
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not installed (pip install ninja)"
+    return None
+
+
+def cuda_build_wanted() -> bool:
+    """CUDA sources are built when a GPU is visible and a CUDA toolkit was found."""
+    from torch.utils import cpp_extension
+
+    return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+
+
+def wheel_cuda_include_dirs() -> list[str]:
+    """Header folders of the `nvidia` wheels torch depends on (cuSPARSE, cuBLAS, ...), which a toolkit that
+    ships only nvcc and cudart lacks; ATen/cuda/CUDAContext.h includes them."""
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or spec.submodule_search_locations is None:
+        return []
+    found = []
+    for root in spec.submodule_search_locations:
+        for include in sorted(Path(root).glob("*/include")):
+            if (include / "cusparse.h").is_file():
+                found.append(str(include))
+    return found
+
+
+def build_key(with_cuda: bool) -> str:
+    """Hash of everything the binary depends on: sources, headers, torch version, CUDA or not."""
+    digest = hashlib.sha256()
+    for path in cpp_sources() + cuda_sources() + headers():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(torch.__version__.encode())
+    digest.update(b"cuda" if with_cuda else b"cpu")
+    digest.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode() if with_cuda else b"")
+    return digest.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deformable_detr_ops"
+
+
+def build_library(build_dir: Path, with_cuda: bool, verbose: bool = False) -> None:
+    """Compiles the sources into `build_dir` (reusing an up-to-date build) and loads the library.
+
+    The file lock makes concurrent processes wait for the first one's build instead of racing it.
+    """
+    from filelock import FileLock
+    from torch.utils import cpp_extension
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    sources = [str(path) for path in cpp_sources() + (cuda_sources() if with_cuda else [])]
+    with FileLock(str(build_dir / "build.lock")):
+        cpp_extension.load(
+            name=EXTENSION_NAME,
+            sources=sources,
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3"],
+            extra_include_paths=wheel_cuda_include_dirs() if with_cuda else [],
+            build_directory=str(build_dir),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=verbose,
+        )
+
+
+def ensure_loaded() -> bool:
+    """Loads the kernel once per process; returns whether the compiled kernel is in use."""
+    if STATE.loaded is not None:
+        return STATE.loaded
+    impl = requested_impl()
+    if impl == "reference":
+        STATE.loaded, STATE.origin = False, f"{IMPL_ENV}=reference"
+        LOGGER.info("ms_deform_attn: using the pure-PyTorch reference (%s)", STATE.origin)
+        return False
+    if importlib.util.find_spec(EXTENSION_NAME) is not None:
+        # Installed by `pip install ./ops`; importing it registers the ops.
+        importlib.import_module(EXTENSION_NAME)
+        STATE.loaded, STATE.origin = True, "installed"
+    else:
+        missing = missing_toolchain()
+        if missing is not None:
+            if impl == "kernel":
+                raise RuntimeError(f"ms_deform_attn: {IMPL_ENV}=kernel but the kernel cannot be built: {missing}")
+            STATE.loaded, STATE.origin = False, missing
+            LOGGER.warning(
+                "ms_deform_attn: cannot build the compiled kernel (%s); using the slower pure-PyTorch reference",
+                missing,
+            )
+            return False
+        with_cuda = cuda_build_wanted()
+        build_dir = default_cache_dir() / f"{EXTENSION_NAME}-{build_key(with_cuda)}"
+        build_library(build_dir, with_cuda)
+        STATE.loaded, STATE.origin = True, str(build_dir)
+    from . import _registration
+
+    _registration.register_python_parts()
+    return True

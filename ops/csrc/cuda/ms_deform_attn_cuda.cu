@@ -1,0 +1,213 @@
+// CUDA kernels: one thread per (batch, query, head, channel) element; the per-sample arithmetic is the
+// one the CPU kernel runs (ms_deform_attn_math.h). Accumulation happens in the op-math type (float for
+// half / bfloat16); the gradients are summed with atomic adds into op-math buffers and cast at the end.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../checks.h"
+#include "../ms_deform_attn_math.h"
+
+namespace deformable_detr_ops {
+namespace {
+
+constexpr int kThreadsPerBlock = 256;
+
+// The value gradient's add: many queries sample the same pixel, so the writes race.
+struct AtomicAdd {
+  template <typename acc_t>
+  __device__ void operator()(acc_t* target, acc_t amount) const {
+    gpuAtomicAdd(target, amount);
+  }
+};
+
+int64_t blocks_for(int64_t elements) {
+  return (elements + kThreadsPerBlock - 1) / kThreadsPerBlock;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void ms_deform_attn_forward_kernel(
+    int64_t total,
+    const scalar_t* __restrict__ value,
+    const int64_t* __restrict__ spatial_shapes,
+    const int64_t* __restrict__ level_start_index,
+    const scalar_t* __restrict__ sampling_locations,
+    const scalar_t* __restrict__ attention_weights,
+    AttentionSizes sizes,
+    scalar_t* __restrict__ output) {
+  const int64_t element = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (element >= total) {
+    return;
+  }
+  // element = ((batch * Lq + query) * M + head) * D + channel
+  const int64_t channel = element % sizes.channels;
+  const int64_t query_head = element / sizes.channels;  // (batch * Lq + query) * M + head
+  const int64_t head = query_head % sizes.heads;
+  const int64_t batch = query_head / (sizes.heads * sizes.num_queries);
+  const int64_t pixel_stride = sizes.heads * sizes.channels;
+  Corners<acc_t> corners;
+  acc_t accumulated = 0;
+  for (int64_t level = 0; level < sizes.levels; ++level) {
+    const int64_t height = spatial_shapes[2 * level];
+    const int64_t width = spatial_shapes[2 * level + 1];
+    const scalar_t* level_value =
+        value + ((batch * sizes.num_values + level_start_index[level]) * sizes.heads + head) * sizes.channels;
+    for (int64_t point = 0; point < sizes.points; ++point) {
+      const int64_t sample = (query_head * sizes.levels + level) * sizes.points + point;
+      const acc_t x = static_cast<acc_t>(sampling_locations[2 * sample]);
+      const acc_t y = static_cast<acc_t>(sampling_locations[2 * sample + 1]);
+      if (bilinear_corners(x, y, height, width, pixel_stride, corners)) {
+        accumulated += static_cast<acc_t>(attention_weights[sample]) * gather_corners(level_value, corners, channel);
+      }
+    }
+  }
+  output[element] = static_cast<scalar_t>(accumulated);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void ms_deform_attn_backward_kernel(
+    int64_t total,
+    const scalar_t* __restrict__ grad_output,
+    const scalar_t* __restrict__ value,
+    const int64_t* __restrict__ spatial_shapes,
+    const int64_t* __restrict__ level_start_index,
+    const scalar_t* __restrict__ sampling_locations,
+    const scalar_t* __restrict__ attention_weights,
+    AttentionSizes sizes,
+    acc_t* __restrict__ grad_value,
+    acc_t* __restrict__ grad_sampling_locations,
+    acc_t* __restrict__ grad_attention_weights) {
+  const int64_t element = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (element >= total) {
+    return;
+  }
+  const int64_t channel = element % sizes.channels;
+  const int64_t query_head = element / sizes.channels;
+  const int64_t head = query_head % sizes.heads;
+  const int64_t batch = query_head / (sizes.heads * sizes.num_queries);
+  const int64_t pixel_stride = sizes.heads * sizes.channels;
+  const acc_t grad = static_cast<acc_t>(grad_output[element]);
+  Corners<acc_t> corners;
+  for (int64_t level = 0; level < sizes.levels; ++level) {
+    const int64_t height = spatial_shapes[2 * level];
+    const int64_t width = spatial_shapes[2 * level + 1];
+    const int64_t level_offset =
+        ((batch * sizes.num_values + level_start_index[level]) * sizes.heads + head) * sizes.channels;
+    for (int64_t point = 0; point < sizes.points; ++point) {
+      const int64_t sample = (query_head * sizes.levels + level) * sizes.points + point;
+      const acc_t x = static_cast<acc_t>(sampling_locations[2 * sample]);
+      const acc_t y = static_cast<acc_t>(sampling_locations[2 * sample + 1]);
+      if (!bilinear_corners(x, y, height, width, pixel_stride, corners)) {
+        continue;  // the gradient buffers start at zero
+      }
+      const acc_t weight = static_cast<acc_t>(attention_weights[sample]);
+      acc_t d_dw;
+      acc_t d_dh;
+      const acc_t sampled = gather_corners_with_grad(value + level_offset, corners, channel, d_dw, d_dh);
+      scatter_corners(grad_value + level_offset, corners, channel, weight * grad, AtomicAdd{});
+      // Every channel thread of this sample adds its share of the reductions over channels.
+      gpuAtomicAdd(grad_attention_weights + sample, grad * sampled);
+      gpuAtomicAdd(grad_sampling_locations + 2 * sample, weight * grad * d_dw * static_cast<acc_t>(width));
+      gpuAtomicAdd(grad_sampling_locations + 2 * sample + 1, weight * grad * d_dh * static_cast<acc_t>(height));
+    }
+  }
+}
+
+at::Tensor ms_deform_attn_cuda(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const AttentionSizes sizes =
+      check_attention_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const c10::cuda::CUDAGuard device_guard(value.device());
+  const at::Tensor value_c = value.contiguous();
+  const at::Tensor shapes_c = spatial_shapes.contiguous();
+  const at::Tensor starts_c = level_start_index.contiguous();
+  const at::Tensor locations_c = sampling_locations.contiguous();
+  const at::Tensor weights_c = attention_weights.contiguous();
+  at::Tensor output = at::empty({sizes.batch, sizes.num_queries, sizes.heads * sizes.channels}, value.options());
+  const int64_t total = output.numel();
+  if (total == 0) {
+    return output;
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    ms_deform_attn_forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+        total,
+        value_c.data_ptr<scalar_t>(),
+        shapes_c.data_ptr<int64_t>(),
+        starts_c.data_ptr<int64_t>(),
+        locations_c.data_ptr<scalar_t>(),
+        weights_c.data_ptr<scalar_t>(),
+        sizes,
+        output.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
+    const at::Tensor& grad_output,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const AttentionSizes sizes =
+      check_attention_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_grad_output(grad_output, value, sizes);
+  const c10::cuda::CUDAGuard device_guard(value.device());
+  const at::Tensor grad_output_c = grad_output.contiguous();
+  const at::Tensor value_c = value.contiguous();
+  const at::Tensor shapes_c = spatial_shapes.contiguous();
+  const at::Tensor starts_c = level_start_index.contiguous();
+  const at::Tensor locations_c = sampling_locations.contiguous();
+  const at::Tensor weights_c = attention_weights.contiguous();
+  const at::ScalarType acc_type = at::toOpMathType(value.scalar_type());
+  at::Tensor grad_value = at::zeros(value.sizes(), value.options().dtype(acc_type));
+  at::Tensor grad_locations = at::zeros(sampling_locations.sizes(), value.options().dtype(acc_type));
+  at::Tensor grad_weights = at::zeros(attention_weights.sizes(), value.options().dtype(acc_type));
+  const int64_t total = grad_output.numel();
+  if (total > 0) {
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      ms_deform_attn_backward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+          total,
+          grad_output_c.data_ptr<scalar_t>(),
+          value_c.data_ptr<scalar_t>(),
+          shapes_c.data_ptr<int64_t>(),
+          starts_c.data_ptr<int64_t>(),
+          locations_c.data_ptr<scalar_t>(),
+          weights_c.data_ptr<scalar_t>(),
+          sizes,
+          grad_value.data_ptr<acc_t>(),
+          grad_locations.data_ptr<acc_t>(),
+          grad_weights.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {
+      grad_value.to(value.scalar_type()),
+      grad_locations.to(value.scalar_type()),
+      grad_weights.to(value.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deformable_detr_ops, CUDA, m) {
+  m.impl("ms_deform_attn", &ms_deform_attn_cuda);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
+}
+
+}  // namespace deformable_detr_ops

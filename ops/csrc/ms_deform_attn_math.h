@@ -1,0 +1,119 @@
+// Per-sample arithmetic of multi-scale deformable attention, shared by the CPU and the CUDA kernels.
+//
+// A sample is one sampling point of one query, head and level. Its location (x, y) in [0, 1] maps to
+// the pixel coordinate (w_im, h_im) = (x * W - 0.5, y * H - 0.5) (pixel centres at integer + 0.5, the
+// convention of grid_sample with align_corners=False). The value is bilinearly interpolated from the four
+// surrounding pixels; a corner outside the image reads as zero, and a sample with h_im <= -1, h_im >= H,
+// w_im <= -1 or w_im >= W is dropped altogether (the authors' kernel does the same).
+//
+// Everything a channel loop needs is computed once per sample into `Corners`: the four corner offsets
+// (in elements of the flattened value) and, per corner, the bilinear weight and its derivatives with
+// respect to w_im and h_im, already multiplied by zero for corners outside the image. The per-channel
+// loops below are then branch-free, which lets the CPU compiler vectorise them.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace deformable_detr_ops {
+
+template <typename acc_t>
+struct Corners {
+  int64_t offset[4];  // element offsets of (top-left, top-right, bottom-left, bottom-right)
+  acc_t weight[4];    // bilinear weights, 0 for corners outside the image
+  acc_t d_weight_dw[4];  // d weight / d w_im
+  acc_t d_weight_dh[4];  // d weight / d h_im
+};
+
+// floor() for values > -1 that converts to an integer, the same on host and device without math headers.
+C10_HOST_DEVICE inline int64_t floor_to_int(double coordinate) {
+  const int64_t truncated = static_cast<int64_t>(coordinate);
+  return coordinate < static_cast<double>(truncated) ? truncated - 1 : truncated;
+}
+
+C10_HOST_DEVICE inline int64_t floor_to_int(float coordinate) {
+  const int64_t truncated = static_cast<int64_t>(coordinate);
+  return coordinate < static_cast<float>(truncated) ? truncated - 1 : truncated;
+}
+
+// Fills `corners` for a sample at (x, y) on a level of `height` x `width` pixels whose pixel (h, w) starts
+// at element (h * width + w) * pixel_stride. Returns false when the sample is dropped (all weights zero).
+template <typename acc_t>
+C10_HOST_DEVICE inline bool bilinear_corners(
+    acc_t x, acc_t y, int64_t height, int64_t width, int64_t pixel_stride, Corners<acc_t>& corners) {
+  const acc_t h_im = y * static_cast<acc_t>(height) - static_cast<acc_t>(0.5);
+  const acc_t w_im = x * static_cast<acc_t>(width) - static_cast<acc_t>(0.5);
+  // Negated comparisons so that NaN locations are dropped too.
+  if (!(h_im > static_cast<acc_t>(-1) && w_im > static_cast<acc_t>(-1) &&
+        h_im < static_cast<acc_t>(height) && w_im < static_cast<acc_t>(width))) {
+    return false;
+  }
+  const int64_t h_low = floor_to_int(h_im);
+  const int64_t w_low = floor_to_int(w_im);
+  const int64_t h_high = h_low + 1;
+  const int64_t w_high = w_low + 1;
+  const acc_t lh = h_im - static_cast<acc_t>(h_low);  // distance from the top row
+  const acc_t lw = w_im - static_cast<acc_t>(w_low);  // distance from the left column
+  const acc_t hh = static_cast<acc_t>(1) - lh;
+  const acc_t hw = static_cast<acc_t>(1) - lw;
+
+  const bool top = h_low >= 0;
+  const bool bottom = h_high <= height - 1;
+  const bool left = w_low >= 0;
+  const bool right = w_high <= width - 1;
+  const bool inside[4] = {top && left, top && right, bottom && left, bottom && right};
+  const int64_t rows[4] = {h_low, h_low, h_high, h_high};
+  const int64_t cols[4] = {w_low, w_high, w_low, w_high};
+  const acc_t weight[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
+  const acc_t d_dw[4] = {-hh, hh, -lh, lh};
+  const acc_t d_dh[4] = {-hw, -lw, hw, lw};
+  for (int corner = 0; corner < 4; ++corner) {
+    const acc_t keep = inside[corner] ? static_cast<acc_t>(1) : static_cast<acc_t>(0);
+    // An outside corner points at offset 0 (always readable) with weight 0.
+    corners.offset[corner] = inside[corner] ? (rows[corner] * width + cols[corner]) * pixel_stride : 0;
+    corners.weight[corner] = keep * weight[corner];
+    corners.d_weight_dw[corner] = keep * d_dw[corner];
+    corners.d_weight_dh[corner] = keep * d_dh[corner];
+  }
+  return true;
+}
+
+// The interpolated value of channel `channel` (level data starts at `level_value`).
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t gather_corners(
+    const scalar_t* level_value, const Corners<acc_t>& corners, int64_t channel) {
+  acc_t sampled = 0;
+  for (int corner = 0; corner < 4; ++corner) {
+    sampled += corners.weight[corner] * static_cast<acc_t>(level_value[corners.offset[corner] + channel]);
+  }
+  return sampled;
+}
+
+// The interpolated value of one channel and its derivatives with respect to w_im and h_im.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t gather_corners_with_grad(
+    const scalar_t* level_value, const Corners<acc_t>& corners, int64_t channel, acc_t& d_dw, acc_t& d_dh) {
+  acc_t sampled = 0;
+  d_dw = 0;
+  d_dh = 0;
+  for (int corner = 0; corner < 4; ++corner) {
+    const acc_t pixel = static_cast<acc_t>(level_value[corners.offset[corner] + channel]);
+    sampled += corners.weight[corner] * pixel;
+    d_dw += corners.d_weight_dw[corner] * pixel;
+    d_dh += corners.d_weight_dh[corner] * pixel;
+  }
+  return sampled;
+}
+
+// Adds grad_sampled * weight(corner) to the value gradient at each corner, through `add(pointer, amount)`
+// (a plain += on the CPU where writes never race, an atomic add on the GPU).
+template <typename acc_t, typename Add>
+C10_HOST_DEVICE inline void scatter_corners(
+    acc_t* level_grad_value, const Corners<acc_t>& corners, int64_t channel, acc_t grad_sampled, const Add& add) {
+  for (int corner = 0; corner < 4; ++corner) {
+    add(level_grad_value + corners.offset[corner] + channel, corners.weight[corner] * grad_sampled);
+  }
+}
+
+}  // namespace deformable_detr_ops
