@@ -19,6 +19,7 @@ from determined import pytorch
 
 import data
 import model as detr_model
+from deformable_detr.checkpoint_metadata import CheckpointMetadataWriter, make_metadata
 from deformable_detr.coco_eval import CocoDetectionReducer
 from deformable_detr.optim import OptimizationSettings, build_lr_scheduler, build_optimizer
 from deformable_detr.run_config import RunSettings, load_experiment_config, split_data_config
@@ -43,6 +44,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         skip_batches: training batches already done by the checkpoint a local run resumes from (on a
             cluster, Determined skips them itself).
         max_length: the run's length, for the time-left estimate in the log.
+        metrics_file: the chief appends every training and validation report to it (JSON lines).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         context: pytorch.PyTorchTrialContext,
         skip_batches: int = 0,
         max_length: pytorch.TrainUnit | None = None,
+        metrics_file: str | None = None,
     ) -> None:
         self.context = context
         hparams = context.get_hparams()
@@ -58,6 +61,8 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         self.seed = _trial_seed(context)
         self.skip_batches = skip_batches
         self.max_length = max_length
+        self.metrics_file = metrics_file if context.distributed.get_rank() == 0 else None
+        self.hparams = hparams
         self.batches_per_epoch: int | None = None
 
         model, criterion, postprocessors = detr_model.build_model(hparams)
@@ -155,7 +160,12 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
 
     def build_callbacks(self) -> dict[str, pytorch.PyTorchCallback]:
-        return {"progress": ProgressLogger(self.context.get_global_batch_size(), self._total_batches)}
+        categories = {cat["id"]: cat["name"] for cat in self.val_dataset.coco.loadCats(self.val_dataset.coco.getCatIds())}
+        metadata = make_metadata(self.hparams, self.dataset_config, self.val_dataset.label_to_cat_id, categories)
+        progress = ProgressLogger(
+            self.context.get_global_batch_size(), self._total_batches, self.skip_batches, self.metrics_file
+        )
+        return {"progress": progress, "metadata": CheckpointMetadataWriter(metadata)}
 
     def _total_batches(self) -> int | None:
         if isinstance(self.max_length, pytorch.Batch):
@@ -191,6 +201,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", help="where a local run keeps its checkpoints")
     parser.add_argument("--resume", help="a local run resumes from this checkpoint (a storage id or folder)")
     parser.add_argument("--overrides", help="JSON of hyperparameters to change for a local run")
+    parser.add_argument("--metrics-file", help="append every training and validation report to this JSON-lines file")
     return parser.parse_args(argv)
 
 
@@ -234,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     max_length = run.max_length(exp_conf, settings, args.max_batches)
 
     with det.pytorch.init(hparams=hparams, exp_conf=exp_conf, distributed=distributed) as context:
-        trial = DeformableDETRTrial(context, skip_batches=skip_batches, max_length=max_length)
+        trial = DeformableDETRTrial(
+            context, skip_batches=skip_batches, max_length=max_length, metrics_file=args.metrics_file
+        )
         trainer = det.pytorch.Trainer(trial, context)
         trainer.fit(
             max_length=max_length,
