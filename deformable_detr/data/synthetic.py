@@ -1,0 +1,178 @@
+"""A small COCO-format dataset of simple shapes on textured backgrounds, written in the local backend's layout.
+
+    python -m deformable_detr.data.synthetic --out DIR --train 2000 --val 200 --size 320 --seed 0
+
+writes DIR/train2017/*.jpg, DIR/val2017/*.jpg and DIR/annotations/instances_{train,val}2017.json. Every image
+is drawn from its own generator seeded by (seed, split, index): the output is the same for a seed, and the
+validation images are drawn with different seeds than the training images.
+"""
+
+import argparse
+import json
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CATEGORIES = [
+    {"id": 1, "name": "rectangle", "supercategory": "shape"},
+    {"id": 2, "name": "ellipse", "supercategory": "shape"},
+    {"id": 3, "name": "triangle", "supercategory": "shape"},
+    {"id": 4, "name": "cross", "supercategory": "shape"},
+]
+SPLITS = {"train": 0, "val": 1}
+MIN_SIDE, MAX_SIDE = 16, 128
+MAX_OBJECTS = 6
+MIN_IMAGE_SIZE = 64
+VAL_ID_OFFSET = 1_000_000  # keeps train and val image ids apart, as in COCO
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A smooth random colour field (a coarse grid upsampled) plus pixel noise."""
+    coarse = rng.integers(0, 256, (rng.integers(2, 9), rng.integers(2, 9), 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR), dtype=np.int16)
+    noise = rng.normal(0.0, rng.uniform(4.0, 20.0), (size, size, 3)).astype(np.int16)
+    return Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, category: int, box: tuple[int, int, int, int], colour: Any) -> None:
+    """Draw a filled shape inscribed in box (x0, y0, x1, y1), inclusive pixel bounds."""
+    x0, y0, x1, y1 = box
+    if category == 1:
+        draw.rectangle(box, fill=colour)
+    elif category == 2:
+        draw.ellipse(box, fill=colour)
+    elif category == 3:
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=colour)
+    else:
+        thick_x, thick_y = max(2, (x1 - x0 + 1) // 3), max(2, (y1 - y0 + 1) // 3)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        draw.rectangle((x0, cy - thick_y // 2, x1, cy - thick_y // 2 + thick_y - 1), fill=colour)
+        draw.rectangle((cx - thick_x // 2, y0, cx - thick_x // 2 + thick_x - 1, y1), fill=colour)
+
+
+def _shape_record(category: int, box: tuple[int, int, int, int], size: int) -> dict[str, Any]:
+    """bbox (x, y, w, h) of the drawn pixels and their count as area."""
+    mask = Image.new("L", (size, size), 0)
+    _draw_shape(ImageDraw.Draw(mask), category, box, 255)
+    pixels = np.asarray(mask) > 0
+    ys, xs = np.nonzero(pixels)
+    x, y = int(xs.min()), int(ys.min())
+    return {
+        "category_id": category,
+        "bbox": [float(x), float(y), float(xs.max() - x + 1), float(ys.max() - y + 1)],
+        "area": float(pixels.sum()),
+        "iscrowd": 0,
+    }
+
+
+def _place(rng: np.random.Generator, size: int, previous: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """A box with sides in [16, 128]: at random, or touching / partly overlapping the previous object."""
+    max_side = min(MAX_SIDE, size)
+    width, height = (int(v) for v in rng.integers(MIN_SIDE, max_side + 1, 2))
+    mode = rng.random()
+    if previous and mode < 0.4:
+        px0, py0, px1, py1 = previous[-1]
+        if mode < 0.2:  # touching: starts right after the previous box
+            x0, y0 = px1 + 1, py0 + int(rng.integers(-height // 2, (py1 - py0) // 2 + 1))
+        else:  # partly overlapping: shifted by a fraction of the previous box
+            x0 = px0 + int((px1 - px0) * rng.uniform(0.3, 0.7))
+            y0 = py0 + int((py1 - py0) * rng.uniform(0.3, 0.7))
+    else:
+        x0, y0 = int(rng.integers(0, size - width + 1)), int(rng.integers(0, size - height + 1))
+    x0 = min(max(x0, 0), size - width)
+    y0 = min(max(y0, 0), size - height)
+    return x0, y0, x0 + width - 1, y0 + height - 1
+
+
+def draw_image(
+    seed: int, split: str, index: int, size: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0
+) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """One RGB image and its annotation records (without ids). Deterministic in its arguments."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    image = _background(rng, size)
+    draw = ImageDraw.Draw(image)
+    kind = rng.random()
+    if kind < empty_fraction:
+        return image, []
+    if kind < empty_fraction + crowd_fraction:
+        # A crowd: a cluster of small shapes annotated as one crowd box, and nothing else.
+        records = []
+        for _ in range(int(rng.integers(4, 10))):
+            side = int(rng.integers(8, 17))
+            x0, y0 = (int(v) for v in rng.integers(size // 4, 3 * size // 4 - side, 2))
+            category = int(rng.integers(1, len(CATEGORIES) + 1))
+            box = (x0, y0, x0 + side - 1, y0 + side - 1)
+            _draw_shape(draw, category, box, tuple(int(c) for c in rng.integers(0, 256, 3)))
+            records.append(_shape_record(category, box, size))
+        x0 = min(r["bbox"][0] for r in records)
+        y0 = min(r["bbox"][1] for r in records)
+        x1 = max(r["bbox"][0] + r["bbox"][2] for r in records)
+        y1 = max(r["bbox"][1] + r["bbox"][3] for r in records)
+        crowd = {"category_id": records[0]["category_id"], "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 1}
+        crowd["area"] = float(sum(r["area"] for r in records))
+        return image, [crowd]
+    boxes: list[tuple[int, int, int, int]] = []
+    records = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        box = _place(rng, size, boxes)
+        category = int(rng.integers(1, len(CATEGORIES) + 1))
+        _draw_shape(draw, category, box, tuple(int(c) for c in rng.integers(0, 256, 3)))
+        boxes.append(box)
+        records.append(_shape_record(category, box, size))
+    return image, records
+
+
+def write_split(
+    out: str, split: str, count: int, size: int, seed: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0
+) -> str:
+    """Write `count` JPEGs to out/<split>2017/ and their annotations; returns the annotation file's path."""
+    image_dir = os.path.join(out, f"{split}2017")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    for index in range(count):
+        image_id = index + 1 + (VAL_ID_OFFSET if split == "val" else 0)
+        image, records = draw_image(seed, split, index, size, crowd_fraction, empty_fraction)
+        file_name = f"{image_id:012d}.jpg"
+        image.save(os.path.join(image_dir, file_name), quality=90)
+        images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
+        for record in records:
+            annotations.append({**record, "id": len(annotations) + 1, "image_id": image_id})
+    path = os.path.join(out, "annotations", f"instances_{split}2017.json")
+    dataset = {
+        "info": {"description": f"synthetic shapes, seed {seed}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": CATEGORIES,
+    }
+    with open(path + ".part", "w") as file:
+        json.dump(dataset, file)
+    os.replace(path + ".part", path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (the local backend's data_dir)")
+    parser.add_argument("--train", type=int, default=2000, help="number of training images")
+    parser.add_argument("--val", type=int, default=200, help="number of validation images")
+    parser.add_argument("--size", type=int, default=320, help=f"image side in pixels (>= {MIN_IMAGE_SIZE})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crowd-fraction", type=float, default=0.0, help="share of crowd-only images")
+    parser.add_argument("--empty-fraction", type=float, default=0.0, help="share of images with no annotations")
+    args = parser.parse_args(argv)
+    if args.size < MIN_IMAGE_SIZE:
+        parser.error(f"--size must be at least {MIN_IMAGE_SIZE}")
+    if args.train < 0 or args.val < 0:
+        parser.error("--train and --val must be >= 0")
+    if not 0 <= args.crowd_fraction + args.empty_fraction <= 1 or min(args.crowd_fraction, args.empty_fraction) < 0:
+        parser.error("--crowd-fraction and --empty-fraction must be >= 0 and sum to at most 1")
+    for split, count in (("train", args.train), ("val", args.val)):
+        path = write_split(args.out, split, count, args.size, args.seed, args.crowd_fraction, args.empty_fraction)
+        print(f"wrote {count} images and {path}")
+
+
+if __name__ == "__main__":
+    main()
