@@ -1,0 +1,120 @@
+"""The main job (`make train`): train a small Deformable DETR on synthetic shapes on this machine's CPU.
+
+It generates the synthetic COCO-format dataset when absent, trains `cpu_synthetic.yaml` through the same
+trial class and Determined `Trainer` as a cluster run (validating with COCO mAP on the way and
+checkpointing), then writes:
+    <output>/curves.png        training losses and validation mAP against the batch number
+    <output>/predictions.png   validation images: ground truth (left) beside the predictions (right)
+    <output>/metrics.jsonl     every training and validation report
+    <output>/checkpoints/      Determined checkpoints (usable with predict.py)
+and prints `final bbox mAP: <value>`.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+import yaml
+
+import model_def
+from deformable_detr.data import synthetic
+from deformable_detr.data.coco import load_coco
+from deformable_detr.inference import load_for_inference, prepare_image
+from deformable_detr.visualize import draw_boxes, plot_curves, save_side_by_side
+from predict import read_image
+
+DEFAULT_CONFIG = "cpu_synthetic.yaml"
+DEFAULT_OUTPUT = os.path.join("outputs", "train")
+SHOWN_IMAGES = 6
+
+
+def ensure_dataset(data_dir: str, train_images: int, val_images: int, image_size: int) -> None:
+    """Generate the synthetic dataset unless a complete one is there (the val annotations come last)."""
+    if os.path.isfile(os.path.join(data_dir, "annotations", "instances_val2017.json")):
+        return
+    print(f"generating the synthetic dataset in {data_dir} ({train_images} train, {val_images} val images)")
+    synthetic.main(
+        ["--out", data_dir, "--train", str(train_images), "--val", str(val_images), "--size", str(image_size)]
+    )
+
+
+def latest_checkpoint(checkpoint_dir: str) -> str:
+    folders = [path for path in glob.glob(os.path.join(checkpoint_dir, "determined", "*")) if os.path.isdir(path)]
+    if not folders:
+        raise RuntimeError(f"the run wrote no checkpoint under {checkpoint_dir}")
+    return max(folders, key=os.path.getmtime)
+
+
+@torch.inference_mode()
+def draw_predictions(checkpoint: str, data_dir: str, path: str, count: int = SHOWN_IMAGES) -> None:
+    """Validation images with their ground truth beside the model's detections (score >= 0.5)."""
+    model, postprocessors, info = load_for_inference(checkpoint)
+    coco = load_coco(os.path.join(data_dir, "annotations", "instances_val2017.json"))
+    names = {cat["id"]: cat["name"] for cat in coco.loadCats(coco.getCatIds())}
+    pairs = []
+    for image_id in sorted(coco.getImgIds())[:count]:
+        image = read_image(os.path.join(data_dir, "val2017", coco.loadImgs(image_id)[0]["file_name"]))
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        truth_boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)])
+        truth = draw_boxes(image, truth_boxes.reshape(-1, 4), [a["category_id"] for a in annotations], names)
+        outputs = model(prepare_image(image, info["image_scale"])[None])
+        found = postprocessors["bbox"](outputs, torch.tensor([image.shape[-2:]]))[0]
+        keep = found["scores"] >= 0.5
+        labels = found["labels"][keep].tolist()
+        if info["label_to_cat_id"] is not None:
+            labels = [info["label_to_cat_id"][label] for label in labels]
+        predicted = draw_boxes(image, found["boxes"][keep], labels, names, found["scores"][keep].tolist())
+        pairs.append((truth, predicted))
+    save_side_by_side(pairs, path, columns=2)
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--output", default=DEFAULT_OUTPUT)
+    parser.add_argument("--max-batches", type=int, help="a shorter run (for a quick check)")
+    parser.add_argument("--train-images", type=int, default=2000, help="size of a generated training set")
+    parser.add_argument("--val-images", type=int, default=200, help="size of a generated validation set")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the generated images")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+
+    with open(args.config) as f:
+        data_dir = yaml.safe_load(f)["data"]["data_dir"]
+    ensure_dataset(data_dir, args.train_images, args.val_images, args.image_size)
+
+    # A fresh run each time: the same seed gives the same result.
+    shutil.rmtree(args.output, ignore_errors=True)
+    os.makedirs(args.output)
+    checkpoints = os.path.join(args.output, "checkpoints")
+    metrics_file = os.path.join(args.output, "metrics.jsonl")
+    run_args = [args.config, "--checkpoint-dir", checkpoints, "--metrics-file", metrics_file]
+    if args.max_batches is not None:
+        run_args += ["--max-batches", str(args.max_batches)]
+    model_def.main(run_args)
+
+    with open(metrics_file) as f:
+        records = [json.loads(line) for line in f]
+    validations = [r for r in records if r["kind"] == "validation"]
+    if not validations:
+        raise RuntimeError("the run reported no validation; check validation_period in the config")
+    plot_curves(records, os.path.join(args.output, "curves.png"))
+    checkpoint = latest_checkpoint(checkpoints)
+    draw_predictions(checkpoint, data_dir, os.path.join(args.output, "predictions.png"))
+
+    final_map = validations[-1]["mAP"]
+    print(f"wall time: {time.monotonic() - start:.0f} s (including the set-up of this run)")
+    print(f"curves: {os.path.join(args.output, 'curves.png')}")
+    print(f"predictions: {os.path.join(args.output, 'predictions.png')}")
+    print(f"checkpoint: {checkpoint}")
+    print(f"final bbox mAP: {final_map:.4f}")
+    return final_map
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
