@@ -24,7 +24,8 @@ semantics:
 
 Errors read like the master's: ``<config>.searcher.max_trials: <message>``.
 
-Command line: ``python -m deformable_detr.expconf config.yaml [...]`` prints every problem and exits 1.
+Command line: ``python -m deformable_detr.expconf config.yaml [...]`` prints every problem (errors and
+deprecated fields) and exits 1; it exits 2 when the schemas cannot be found.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _union_key_selects(key: str, instance: Any) -> bool:
         name, sep, value = key[len("const:") :].partition("=")
         if not sep:
             raise ValueError(f"invalid unionKey {key!r}: expected const:<name>=<value>")
-        return isinstance(instance, dict) and instance.get(name) == value and isinstance(value, str)
+        return isinstance(instance, dict) and instance.get(name) == value
     if key.startswith("singleproperty:"):
         return isinstance(instance, dict) and len(instance) == 1 and key[len("singleproperty:") :] in instance
     if key == "type:array":
@@ -136,7 +137,9 @@ def _union_key_selects(key: str, instance: Any) -> bool:
     raise ValueError(f"invalid unionKey {key!r}")
 
 
-def _union(validator: Any, union: Mapping[str, Any], instance: Any, schema: Mapping) -> Iterator[ValidationError]:
+def _union(
+    validator: Any, union: Mapping[str, Any], instance: Any, schema: Mapping
+) -> Iterator[ValidationError]:
     selected_errors: list[ValidationError] | None = None
     n_valid = 0
     for item in union["items"]:
@@ -157,7 +160,9 @@ def _union(validator: Any, union: Mapping[str, Any], instance: Any, schema: Mapp
     yield ValidationError(union.get("defaultMessage", "union failed to validate"))
 
 
-def _checks(validator: Any, checks: Mapping[str, Any], instance: Any, schema: Mapping) -> Iterator[ValidationError]:
+def _checks(
+    validator: Any, checks: Mapping[str, Any], instance: Any, schema: Mapping
+) -> Iterator[ValidationError]:
     for message, subschema in checks.items():
         if not validator.evolve(schema=subschema).is_valid(instance):
             yield ValidationError(message)
@@ -175,7 +180,9 @@ def _property_by_path(instance: Any, dotted: str) -> tuple[bool, Any]:
     return True, instance
 
 
-def _compare_properties(validator: Any, spec: Mapping[str, str], instance: Any, schema: Mapping) -> Iterator[ValidationError]:
+def _compare_properties(
+    validator: Any, spec: Mapping[str, str], instance: Any, schema: Mapping
+) -> Iterator[ValidationError]:
     # Like the master, a missing or wrongly-typed property is left to the other keywords to report.
     found_a, a = _property_by_path(instance, spec["a"])
     found_b, b = _property_by_path(instance, spec["b"])
@@ -200,7 +207,9 @@ def _compare_properties(validator: Any, spec: Mapping[str, str], instance: Any, 
         raise ValueError(f"unknown compareProperties type {kind!r}")
 
 
-def _disallow_properties(validator: Any, disallowed: Mapping[str, str], instance: Any, schema: Mapping) -> Iterator[ValidationError]:
+def _disallow_properties(
+    validator: Any, disallowed: Mapping[str, str], instance: Any, schema: Mapping
+) -> Iterator[ValidationError]:
     if isinstance(instance, dict):
         for prop, message in disallowed.items():
             if prop in instance:
@@ -212,14 +221,18 @@ def _optional_ref(validator: Any, url: str, instance: Any, schema: Mapping) -> I
         yield from validator.descend(instance, {"$ref": url})
 
 
-def _eventually_required(validator: Any, required: list[str], instance: Any, schema: Mapping) -> Iterator[ValidationError]:
+def _eventually_required(
+    validator: Any, required: list[str], instance: Any, schema: Mapping
+) -> Iterator[ValidationError]:
     if isinstance(instance, dict):
         for prop in required:
             if instance.get(prop) is None:
                 yield ValidationError(f"{prop} is a required property")
 
 
-def _eventually(validator: Any, subschema: Mapping, instance: Any, schema: Mapping) -> Iterator[ValidationError]:
+def _eventually(
+    validator: Any, subschema: Mapping, instance: Any, schema: Mapping
+) -> Iterator[ValidationError]:
     yield from validator.descend(instance, subschema)
 
 
@@ -676,6 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Validate Determined 0.38.1 experiment configs offline.")
     parser.add_argument("configs", nargs="+", type=Path, help="experiment config YAML files")
     args = parser.parse_args(argv)
+    try:
+        schemas = load_schemas()
+    except SchemasNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     failed = False
     for path in args.configs:
         try:
@@ -685,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: cannot read: {err}", file=sys.stderr)
             failed = True
             continue
-        problems = validate_config(config)
+        problems = validate_config(config, schemas=schemas)
         warnings = deprecated_fields(config) if isinstance(config, dict) else []
         for message in problems:
             print(f"{path}: error: {message}", file=sys.stderr)
