@@ -57,22 +57,22 @@ def evaluate_detections(
     if len(rows) == 0 or not image_ids:
         logger.warning("COCO evaluation: no detections on %d images; every metric is 0", len(image_ids))
         return {name: 0.0 for name in METRIC_NAMES}
-    if evaluator == "pycocotools":
-        from pycocotools.cocoeval import COCOeval
-
-        detections = coco_gt.loadRes(rows)
-        coco_eval = COCOeval(coco_gt, detections, iouType="bbox")
-    else:
-        from faster_coco_eval import COCO, COCOeval_faster
-
-        gt = COCO()
-        gt.dataset = copy.deepcopy(coco_gt.dataset)
-        gt.createIndex()
-        detections = gt.loadRes(rows)
-        coco_eval = COCOeval_faster(gt, detections, iouType="bbox")
-    coco_eval.params.imgIds = image_ids
     # pycocotools prints its progress and table; keep the trial's log readable.
     with contextlib.redirect_stdout(io.StringIO()):
+        if evaluator == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+
+            detections = coco_gt.loadRes(rows)
+            coco_eval = COCOeval(coco_gt, detections, iouType="bbox")
+        else:
+            from faster_coco_eval import COCO, COCOeval_faster
+
+            gt = COCO()
+            gt.dataset = copy.deepcopy(coco_gt.dataset)
+            gt.createIndex()
+            detections = gt.loadRes(rows)
+            coco_eval = COCOeval_faster(gt, detections, iouType="bbox")
+        coco_eval.params.imgIds = image_ids
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
