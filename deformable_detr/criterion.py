@@ -1,0 +1,167 @@
+"""The set-prediction losses: focal classification, L1 and GIoU box losses, on every decoder layer."""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+
+from .distributed import average_num_boxes
+from .hparams import ModelConfig
+from .matcher import HungarianMatcher, Indices, build_matcher
+
+LOSSES = ("labels", "boxes", "cardinality")
+
+
+@torch.no_grad()
+def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Percentage of rows of logits [N, C] whose best class is labels [N]; 0 when N is 0."""
+    if labels.numel() == 0:
+        return torch.zeros([], device=logits.device)
+    predicted = logits.topk(1, 1, True, True)[1].t()
+    correct = predicted.eq(labels.view(1, -1).expand_as(predicted))
+    return correct[:1].reshape(-1).float().sum(0) * (100.0 / labels.shape[0])
+
+
+class SetCriterion(nn.Module):
+    """Matches predictions to targets, then computes the losses of the matched pairs.
+
+    Args:
+        num_classes: classifier outputs (sigmoid per class; unmatched queries have all-zero targets).
+        matcher: the Hungarian matcher.
+        weight_dict: loss name -> weight of that term in the total loss.
+        losses: which of "labels", "boxes", "cardinality" to compute.
+        focal_alpha: alpha of the focal loss (gamma is 2).
+    """
+
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
+                 losses: tuple[str, ...] = LOSSES, focal_alpha: float = 0.25):
+        super().__init__()
+        unknown = [name for name in losses if name not in LOSSES]
+        if unknown:
+            raise ValueError(f"SetCriterion: unknown losses {unknown}; choose from {list(LOSSES)}")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        self.losses = tuple(losses)
+        self.focal_alpha = focal_alpha
+
+    def loss_labels(self, outputs: dict, targets: list[dict], indices: Indices, num_boxes: float,
+                    log: bool = True) -> dict[str, torch.Tensor]:
+        """Sigmoid focal loss over all queries and classes; class_error (%) of the matched queries if log."""
+        src_logits = outputs["pred_logits"]
+        idx = _src_permutation_idx(indices)
+        target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        # index num_classes marks "no object": a one-hot column that is dropped below
+        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
+                                    device=src_logits.device)
+        target_classes[idx] = target_classes_o
+        onehot = torch.zeros([src_logits.shape[0], src_logits.shape[1], src_logits.shape[2] + 1],
+                             dtype=src_logits.dtype, layout=src_logits.layout, device=src_logits.device)
+        onehot.scatter_(2, target_classes.unsqueeze(-1), 1)
+        onehot = onehot[:, :, :-1]
+        focal = sigmoid_focal_loss(src_logits, onehot, alpha=self.focal_alpha, gamma=2, reduction="none")
+        # the authors average over classes, sum over queries and images, divide by the box count, then
+        # multiply by the number of queries
+        loss_ce = focal.mean(1).sum() / num_boxes * src_logits.shape[1]
+        losses = {"loss_ce": loss_ce}
+        if log:
+            losses["class_error"] = 100 - top1_accuracy(src_logits[idx], target_classes_o)
+        return losses
+
+    @torch.no_grad()
+    def loss_cardinality(self, outputs: dict, targets: list[dict], indices: Indices,
+                         num_boxes: float) -> dict[str, torch.Tensor]:
+        """Logging only: |number of queries whose best class is not the last one - number of targets|."""
+        logits = outputs["pred_logits"]
+        target_lengths = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
+        # inherited from DETR's softmax head, whose last class is "no object"; kept for comparable logs
+        card_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
+        return {"cardinality_error": F.l1_loss(card_pred.float(), target_lengths.float())}
+
+    def loss_boxes(self, outputs: dict, targets: list[dict], indices: Indices,
+                   num_boxes: float) -> dict[str, torch.Tensor]:
+        """L1 of cxcywh boxes and 1 - GIoU of the matched pairs, each summed and divided by num_boxes."""
+        idx = _src_permutation_idx(indices)
+        src_boxes = outputs["pred_boxes"][idx]
+        target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0).to(src_boxes.dtype)
+        loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
+        giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+        loss_giou = 1 - torch.diag(giou)
+        return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
+
+    def get_loss(self, loss: str, outputs: dict, targets: list[dict], indices: Indices, num_boxes: float,
+                 **kwargs: bool) -> dict[str, torch.Tensor]:
+        loss_map: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
+            "labels": self.loss_labels,
+            "cardinality": self.loss_cardinality,
+            "boxes": self.loss_boxes,
+        }
+        return loss_map[loss](outputs, targets, indices, num_boxes, **kwargs)
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs: the model's dict (pred_logits, pred_boxes, optional aux_outputs and enc_outputs).
+            targets: B dicts with labels int64 [K_i] and boxes [K_i, 4] (cxcywh in [0, 1]); other keys ignored.
+
+        Returns:
+            every loss term: loss_ce, loss_bbox, loss_giou, class_error, cardinality_error, the same
+            (without class_error) suffixed _0.._{num_dec-2} for earlier layers and _enc for the proposals.
+        """
+        if len(targets) != outputs["pred_logits"].shape[0]:
+            raise ValueError(
+                f"SetCriterion: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images"
+            )
+        for index, target in enumerate(targets):
+            if "labels" not in target or "boxes" not in target:
+                raise ValueError(f"SetCriterion: targets[{index}] needs 'labels' and 'boxes', has {sorted(target)}")
+        final_outputs = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
+        indices = self.matcher(final_outputs, targets)
+        num_boxes = average_num_boxes(sum(len(t["labels"]) for t in targets), outputs["pred_logits"].device)
+
+        losses: dict[str, torch.Tensor] = {}
+        for loss in self.losses:
+            losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes))
+        for layer, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
+            aux_indices = self.matcher(aux_outputs, targets)
+            for loss in self.losses:
+                kwargs = {"log": False} if loss == "labels" else {}
+                terms = self.get_loss(loss, aux_outputs, targets, aux_indices, num_boxes, **kwargs)
+                losses.update({f"{name}_{layer}": value for name, value in terms.items()})
+        if "enc_outputs" in outputs:
+            enc_outputs = outputs["enc_outputs"]
+            # proposals are scored as object vs background: every target has class 0
+            bin_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+            enc_indices = self.matcher(enc_outputs, bin_targets)
+            for loss in self.losses:
+                kwargs = {"log": False} if loss == "labels" else {}
+                terms = self.get_loss(loss, enc_outputs, bin_targets, enc_indices, num_boxes, **kwargs)
+                losses.update({f"{name}_enc": value for name, value in terms.items()})
+        return losses
+
+
+def build_weight_dict(config: ModelConfig) -> dict[str, float]:
+    """Loss weights of the final layer, each earlier decoder layer (_i) and the two-stage proposals (_enc)."""
+    base = {"loss_ce": config.cls_loss_coef, "loss_bbox": config.bbox_loss_coef, "loss_giou": config.giou_loss_coef}
+    weight_dict = dict(base)
+    if config.aux_loss:
+        for layer in range(config.dec_layers - 1):
+            weight_dict.update({f"{name}_{layer}": value for name, value in base.items()})
+    # the authors add the _enc weights only together with aux_loss; two-stage always needs them
+    if config.aux_loss or config.two_stage:
+        weight_dict.update({f"{name}_enc": value for name, value in base.items()})
+    return weight_dict
+
+
+def build_criterion(config: ModelConfig) -> SetCriterion:
+    return SetCriterion(config.num_classes, build_matcher(config), build_weight_dict(config), LOSSES,
+                        focal_alpha=config.focal_alpha)
+
+
+def _src_permutation_idx(indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image index, query index) of every matched prediction."""
+    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+    src_idx = torch.cat([src for src, _ in indices])
+    return batch_idx, src_idx

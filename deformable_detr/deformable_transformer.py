@@ -1,0 +1,357 @@
+"""The deformable transformer: encoder and decoder on multi-scale deformable attention, two-stage proposals.
+
+Shapes: B batch, L levels, S = sum of h_l * w_l over levels, Q queries, C = d_model.
+"""
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ops import MSDeformAttn
+
+from .box_ops import inverse_sigmoid
+from .hparams import ModelConfig
+
+
+def _clones(module: nn.Module, count: int) -> nn.ModuleList:
+    return nn.ModuleList([copy.deepcopy(module) for _ in range(count)])
+
+
+def get_valid_ratio(mask: torch.Tensor) -> torch.Tensor:
+    """mask bool [B, h, w] True at padding -> [B, 2] (valid width / w, valid height / h)."""
+    _, height, width = mask.shape
+    valid_h = torch.sum(~mask[:, :, 0], 1)
+    valid_w = torch.sum(~mask[:, 0, :], 1)
+    return torch.stack([valid_w.float() / width, valid_h.float() / height], -1)
+
+
+class DeformableTransformerEncoderLayer(nn.Module):
+    """Deformable self-attention over all levels, then a feed-forward block (post-norm)."""
+
+    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4,
+                 n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
+                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                padding_mask: torch.Tensor) -> torch.Tensor:
+        """src, pos [B, S, C]; reference_points [B, S, L, 2]; padding_mask [B, S] -> [B, S, C]."""
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        src = self.norm1(src + self.dropout1(attended))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout3(ffn))
+
+
+class DeformableTransformerEncoder(nn.Module):
+    def __init__(self, encoder_layer: DeformableTransformerEncoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = _clones(encoder_layer, num_layers)
+        self.num_layers = num_layers
+
+    @staticmethod
+    def get_reference_points(shapes: list[tuple[int, int]], valid_ratios: torch.Tensor,
+                             device: torch.device) -> torch.Tensor:
+        """Pixel centres of every level, normalised by the valid extent -> [B, S, L, 2] (x, y)."""
+        per_level = []
+        for level, (height, width) in enumerate(shapes):
+            ref_y, ref_x = torch.meshgrid(
+                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
+                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+                indexing="ij",
+            )
+            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
+            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
+            per_level.append(torch.stack((ref_x, ref_y), -1))
+        reference_points = torch.cat(per_level, 1)
+        # each query samples every level at the same relative position of the valid area
+        return reference_points[:, :, None] * valid_ratios[:, None]
+
+    def forward(self, src: torch.Tensor, shapes: list[tuple[int, int]], spatial_shapes: torch.Tensor,
+                level_start_index: torch.Tensor, valid_ratios: torch.Tensor, pos: torch.Tensor,
+                padding_mask: torch.Tensor) -> torch.Tensor:
+        """src, pos [B, S, C]; valid_ratios [B, L, 2]; padding_mask [B, S] -> memory [B, S, C]."""
+        reference_points = self.get_reference_points(shapes, valid_ratios, src.device)
+        output = src
+        for layer in self.layers:
+            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+        return output
+
+
+class DeformableTransformerDecoderLayer(nn.Module):
+    """Self-attention among queries, deformable cross-attention into the memory, feed-forward (post-norm)."""
+
+    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, n_levels: int = 4,
+                 n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        # sequence-first, as in the authors' code (same parameters; keeps the same kernel path)
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, reference_points: torch.Tensor,
+                src: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                src_padding_mask: torch.Tensor) -> torch.Tensor:
+        """tgt, query_pos [B, Q, C]; reference_points [B, Q, L, 2 or 4]; src [B, S, C] -> [B, Q, C]."""
+        q = k = (tgt + query_pos).transpose(0, 1)
+        attended = self.self_attn(q, k, tgt.transpose(0, 1))[0].transpose(0, 1)
+        tgt = self.norm2(tgt + self.dropout2(attended))
+        attended = self.cross_attn(tgt + query_pos, reference_points, src, spatial_shapes, level_start_index,
+                                   src_padding_mask)
+        tgt = self.norm1(tgt + self.dropout1(attended))
+        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout4(ffn))
+
+
+class DeformableTransformerDecoder(nn.Module):
+    """Decoder layers; with box refinement each layer's box head moves the next layer's reference boxes.
+
+    `bbox_embed` and `class_embed` are set by the detector (they are its heads, registered here too so that
+    the state_dict keys match the authors' checkpoints).
+    """
+
+    def __init__(self, decoder_layer: DeformableTransformerDecoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = _clones(decoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.bbox_embed: nn.ModuleList | None = None
+        self.class_embed: nn.ModuleList | None = None
+
+    def forward(self, tgt: torch.Tensor, reference_points: torch.Tensor, src: torch.Tensor,
+                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, valid_ratios: torch.Tensor,
+                query_pos: torch.Tensor, src_padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tgt, query_pos [B, Q, C]; reference_points [B, Q, 2 or 4] in [0, 1].
+
+        Returns:
+            hs [num_layers, B, Q, C] and the reference points after each layer [num_layers, B, Q, 2 or 4].
+        """
+        output = tgt
+        intermediate = []
+        intermediate_reference_points = []
+        for index, layer in enumerate(self.layers):
+            if reference_points.shape[-1] == 4:
+                reference_points_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+            else:
+                reference_points_input = reference_points[:, :, None] * valid_ratios[:, None]
+            output = layer(output, query_pos, reference_points_input, src, spatial_shapes, level_start_index,
+                           src_padding_mask)
+            if self.bbox_embed is not None:
+                delta = self.bbox_embed[index](output)
+                if reference_points.shape[-1] == 4:
+                    new_reference_points = (delta + inverse_sigmoid(reference_points)).sigmoid()
+                else:
+                    # points become boxes: the centre is refined, the size is predicted outright
+                    new_reference_points = torch.cat(
+                        [delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1
+                    ).sigmoid()
+                # each layer's refinement is trained on its own: no gradient through the reference boxes
+                reference_points = new_reference_points.detach()
+            intermediate.append(output)
+            intermediate_reference_points.append(reference_points)
+        return torch.stack(intermediate), torch.stack(intermediate_reference_points)
+
+
+class DeformableTransformer(nn.Module):
+    """Encoder + decoder; the queries come from `query_embed` or, in two-stage mode, from encoder proposals.
+
+    Args:
+        d_model: hidden size C. nhead: attention heads. num_encoder_layers / num_decoder_layers: depths.
+        dim_feedforward: FFN width. dropout: dropout rate. num_feature_levels: L.
+        dec_n_points / enc_n_points: sampling points per head and level.
+        two_stage: select the top `two_stage_num_proposals` encoder proposals as the queries.
+    """
+
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.1,
+                 num_feature_levels: int = 4, dec_n_points: int = 4, enc_n_points: int = 4,
+                 two_stage: bool = False, two_stage_num_proposals: int = 300):
+        super().__init__()
+        self.d_model = d_model
+        self.nhead = nhead
+        self.two_stage = two_stage
+        self.two_stage_num_proposals = two_stage_num_proposals
+        encoder_layer = DeformableTransformerEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels,
+                                                          nhead, enc_n_points)
+        self.encoder = DeformableTransformerEncoder(encoder_layer, num_encoder_layers)
+        decoder_layer = DeformableTransformerDecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels,
+                                                          nhead, dec_n_points)
+        self.decoder = DeformableTransformerDecoder(decoder_layer, num_decoder_layers)
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        if two_stage:
+            self.enc_output = nn.Linear(d_model, d_model)
+            self.enc_output_norm = nn.LayerNorm(d_model)
+            self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
+            self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+        else:
+            self.reference_points = nn.Linear(d_model, 2)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module._reset_parameters()
+        if not self.two_stage:
+            nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
+            nn.init.zeros_(self.reference_points.bias)
+        nn.init.normal_(self.level_embed)
+
+    def get_proposal_pos_embed(self, proposals: torch.Tensor) -> torch.Tensor:
+        """Sine embedding of unnormalised proposal boxes [B, Q, 4] -> [B, Q, 2 * C].
+
+        The authors hard-code 128 features per coordinate, which is d_model // 2 at their d_model of 256;
+        d_model // 2 keeps the width equal to pos_trans's input for other hidden sizes.
+        """
+        num_pos_feats = self.d_model // 2
+        temperature = 10000
+        scale = 2 * math.pi
+        dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
+        dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+        pos = proposals.sigmoid() * scale
+        pos = pos[:, :, :, None] / dim_t  # [B, Q, 4, F]
+        return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+
+    def gen_encoder_output_proposals(self, memory: torch.Tensor, memory_padding_mask: torch.Tensor,
+                                     shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One proposal per encoder position: its pixel centre and a size of 0.05 * 2^level.
+
+        Args:
+            memory: [B, S, C]. memory_padding_mask: bool [B, S]. shapes: (h, w) per level.
+
+        Returns:
+            output_memory [B, S, C] (zeroed at padding and invalid proposals, then Linear + LayerNorm) and
+            output_proposals [B, S, 4] as logits (inverse sigmoid), +inf at padding and invalid proposals.
+        """
+        batch = memory.shape[0]
+        base_scale = 0.05
+        proposals = []
+        start = 0
+        for level, (height, width) in enumerate(shapes):
+            mask_level = memory_padding_mask[:, start:start + height * width].view(batch, height, width, 1)
+            valid_h = torch.sum(~mask_level[:, :, 0, 0], 1)
+            valid_w = torch.sum(~mask_level[:, 0, :, 0], 1)
+            grid_y, grid_x = torch.meshgrid(
+                torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
+                torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device),
+                indexing="ij",
+            )
+            grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
+            scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(batch, 1, 1, 2)
+            grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / scale
+            wh = torch.ones_like(grid) * base_scale * (2.0 ** level)
+            proposals.append(torch.cat((grid, wh), -1).view(batch, -1, 4))
+            start += height * width
+        output_proposals = torch.cat(proposals, 1)
+        # proposals too close to the border (or outside the valid area) are disabled
+        valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).all(-1, keepdim=True)
+        output_proposals = torch.log(output_proposals / (1 - output_proposals))
+        output_proposals = output_proposals.masked_fill(memory_padding_mask.unsqueeze(-1), float("inf"))
+        output_proposals = output_proposals.masked_fill(~valid, float("inf"))
+        output_memory = memory.masked_fill(memory_padding_mask.unsqueeze(-1), 0.0)
+        output_memory = output_memory.masked_fill(~valid, 0.0)
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))
+        return output_memory, output_proposals
+
+    def forward(self, srcs: list[torch.Tensor], masks: list[torch.Tensor], pos_embeds: list[torch.Tensor],
+                query_embed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            srcs: L maps [B, C, h_l, w_l]. masks: L bool [B, h_l, w_l]. pos_embeds: L [B, C, h_l, w_l].
+            query_embed: [Q, 2C] (query position, query content); None in two-stage mode.
+
+        Returns:
+            dict with hs [num_dec, B, Q, C], init_reference [B, Q, 2 or 4], inter_references
+            [num_dec, B, Q, 2 or 4], and in two-stage mode enc_outputs_class [B, S, num_classes] and
+            enc_outputs_coord_unact [B, S, 4].
+        """
+        if not self.two_stage and query_embed is None:
+            raise ValueError("DeformableTransformer: query_embed is required unless two_stage")
+        src_flatten = []
+        mask_flatten = []
+        lvl_pos_embed_flatten = []
+        shapes: list[tuple[int, int]] = []
+        for level, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
+            shapes.append((int(src.shape[2]), int(src.shape[3])))
+            src_flatten.append(src.flatten(2).transpose(1, 2))
+            mask_flatten.append(mask.flatten(1))
+            lvl_pos_embed_flatten.append(pos_embed.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
+        src_flat = torch.cat(src_flatten, 1)
+        mask_flat = torch.cat(mask_flatten, 1)
+        pos_flat = torch.cat(lvl_pos_embed_flatten, 1)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([get_valid_ratio(m) for m in masks], 1)
+
+        memory = self.encoder(src_flat, shapes, spatial_shapes, level_start_index, valid_ratios, pos_flat, mask_flat)
+
+        batch, _, channels = memory.shape
+        result: dict[str, torch.Tensor] = {}
+        if self.two_stage:
+            assert self.decoder.class_embed is not None and self.decoder.bbox_embed is not None
+            output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flat, shapes)
+            # the extra (last) heads score and regress the proposals
+            enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
+            enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
+            topk = self.two_stage_num_proposals
+            if topk > enc_outputs_class.shape[1]:
+                raise ValueError(
+                    f"two-stage: {topk} proposals requested but the encoder has only {enc_outputs_class.shape[1]} "
+                    "positions; use larger images or fewer num_queries"
+                )
+            # proposals are ranked by their first class's score (the binary "object" score in training)
+            topk_proposals = torch.topk(enc_outputs_class[..., 0], topk, dim=1)[1]
+            topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_proposals.unsqueeze(-1).repeat(1, 1, 4))
+            topk_coords_unact = topk_coords_unact.detach()
+            reference_points = topk_coords_unact.sigmoid()
+            pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact)))
+            query_pos, tgt = torch.split(pos_trans_out, channels, dim=2)
+            result["enc_outputs_class"] = enc_outputs_class
+            result["enc_outputs_coord_unact"] = enc_outputs_coord_unact
+        else:
+            query_pos, tgt = torch.split(query_embed, channels, dim=1)
+            query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
+            tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
+            reference_points = self.reference_points(query_pos).sigmoid()
+
+        hs, inter_references = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index,
+                                            valid_ratios, query_pos, mask_flat)
+        result["hs"] = hs
+        result["init_reference"] = reference_points
+        result["inter_references"] = inter_references
+        return result
+
+
+def build_deformable_transformer(config: ModelConfig) -> DeformableTransformer:
+    return DeformableTransformer(
+        d_model=config.hidden_dim,
+        nhead=config.nheads,
+        num_encoder_layers=config.enc_layers,
+        num_decoder_layers=config.dec_layers,
+        dim_feedforward=config.dim_feedforward,
+        dropout=config.dropout,
+        num_feature_levels=config.num_feature_levels,
+        dec_n_points=config.dec_n_points,
+        enc_n_points=config.enc_n_points,
+        two_stage=config.two_stage,
+        two_stage_num_proposals=config.num_queries,
+    )

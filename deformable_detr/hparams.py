@@ -1,0 +1,183 @@
+"""The model and loss settings of Deformable DETR, validated in one place.
+
+`ModelConfig.from_hparams(mapping)` reads an experiment's `hyperparameters` mapping (the names Determined's
+configs use, which are the authors' command-line names). Keys owned by the trial (optimisation, data, run
+control) are listed in `TRIAL_KEYS` and ignored here; any other unknown key is an error.
+"""
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# Keys of an experiment's hyperparameters that the trial (optimiser, schedule, data, run control) reads;
+# the model ignores them.
+TRIAL_KEYS: frozenset[str] = frozenset(
+    {
+        "lr",
+        "lr_backbone_names",
+        "lr_linear_proj_names",
+        "lr_linear_proj_mult",
+        "weight_decay",
+        "lr_drop",
+        "lr_drop_epochs",
+        "clip_max_norm",
+        "sgd",
+        "global_batch_size",
+        "batch_size",
+        "epochs",
+        "amp",
+        "seed",
+        "warmstart",
+        "pretrained",
+        "frozen_weights",
+        "dataset_file",
+        "backend",
+        "data_dir",
+        "coco_path",
+        "num_workers",
+        "cache_mode",
+        "fake_data",
+        "remove_difficult",
+        "eval_batch_size",
+    }
+)
+
+# Segmentation settings of the authors' command line: accepted so that their configs load, but the
+# segmentation head is not part of this package, so `masks` must be false.
+SEGMENTATION_KEYS: frozenset[str] = frozenset({"masks", "mask_loss_coef", "dice_loss_coef"})
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+POSITION_EMBEDDINGS = ("sine", "v2", "learned", "v3")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Model and loss settings; the defaults are those of the authors' command line.
+
+    backbone: torchvision ResNet name. dilation: DC5 (dilate layer4 instead of striding).
+    position_embedding: "sine" ("v2") or "learned" ("v3"). position_embedding_scale: sine normalisation scale.
+    num_feature_levels: 1 (layer4 only) or >= 3 (layer2-4 plus num_feature_levels - 3 strided convolutions).
+    enc_layers / dec_layers / dim_feedforward / hidden_dim / dropout / nheads: transformer sizes.
+    num_queries: object queries (two-stage: proposals kept). enc_n_points / dec_n_points: sampling points.
+    aux_loss: losses on every decoder layer. with_box_refine: iterative box refinement.
+    two_stage: encoder proposals select the queries.
+    set_cost_*: Hungarian matching weights. *_loss_coef: loss weights. focal_alpha: focal loss alpha.
+    lr_backbone: the backbone's learning rate; 0 freezes it (layer2-4 train only when > 0).
+    num_classes: classifier outputs (91 = COCO category ids 1..90 plus the unused 0).
+    pretrained_backbone: start the ResNet from torchvision's ImageNet weights (downloads them).
+    """
+
+    backbone: str = "resnet50"
+    dilation: bool = False
+    position_embedding: str = "sine"
+    position_embedding_scale: float = 2 * math.pi
+    num_feature_levels: int = 4
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 1024
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    nheads: int = 8
+    num_queries: int = 300
+    dec_n_points: int = 4
+    enc_n_points: int = 4
+    aux_loss: bool = True
+    with_box_refine: bool = False
+    two_stage: bool = False
+    set_cost_class: float = 2.0
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    cls_loss_coef: float = 2.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    focal_alpha: float = 0.25
+    lr_backbone: float = 2e-5
+    num_classes: int = 91
+    pretrained_backbone: bool = False
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> "ModelConfig":
+        """Build from a hyperparameters mapping; raises ValueError naming any bad key."""
+        if not isinstance(hparams, Mapping):
+            raise ValueError(f"hyperparameters must be a mapping, got {type(hparams).__name__}")
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        known = set(fields) | TRIAL_KEYS | SEGMENTATION_KEYS
+        unknown = sorted(key for key in hparams if key not in known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), sorted(known), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"unknown hyperparameter(s): {', '.join(hints)}")
+        if hparams.get("masks", False) is not False:
+            raise ValueError("hyperparameter 'masks': segmentation is not supported; set it to false or remove it")
+        values = {name: _coerce(name, fields[name].type, hparams[name]) for name in fields if name in hparams}
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError for values out of range and for contradictory settings."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"hyperparameter 'backbone': {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        if self.dilation and self.backbone in ("resnet18", "resnet34"):
+            raise ValueError(f"hyperparameter 'dilation': {self.backbone} (basic blocks) cannot be dilated")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(
+                f"hyperparameter 'position_embedding': {self.position_embedding!r} is not one of "
+                f"{', '.join(POSITION_EMBEDDINGS)}"
+            )
+        for name in ("enc_layers",):
+            _require(name, getattr(self, name) >= 0, "must be >= 0")
+        for name in ("dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries", "dec_n_points",
+                     "enc_n_points", "num_classes"):
+            _require(name, getattr(self, name) >= 1, "must be >= 1")
+        _require("position_embedding_scale", self.position_embedding_scale > 0, "must be > 0")
+        # The backbone gives 3 maps (layer2-4) when more than one level is used, so 2 levels cannot be built.
+        _require("num_feature_levels", self.num_feature_levels == 1 or self.num_feature_levels >= 3,
+                 "must be 1 (layer4 only) or >= 3 (layer2-4 plus extra strided levels)")
+        _require("hidden_dim", self.hidden_dim % self.nheads == 0, f"must be divisible by nheads ({self.nheads})")
+        _require("hidden_dim", self.hidden_dim % 32 == 0, "must be a multiple of 32 (GroupNorm with 32 groups)")
+        _require("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
+        _require("focal_alpha", 0.0 <= self.focal_alpha <= 1.0, "must be in [0, 1]")
+        _require("lr_backbone", self.lr_backbone >= 0.0, "must be >= 0")
+        for name in ("set_cost_class", "set_cost_bbox", "set_cost_giou", "cls_loss_coef", "bbox_loss_coef",
+                     "giou_loss_coef"):
+            _require(name, getattr(self, name) >= 0.0, "must be >= 0")
+        if self.set_cost_class == 0 and self.set_cost_bbox == 0 and self.set_cost_giou == 0:
+            raise ValueError("hyperparameters 'set_cost_class', 'set_cost_bbox', 'set_cost_giou' cannot all be 0")
+        # The post-processor keeps the 100 best (query, class) pairs.
+        _require("num_queries", self.num_queries * self.num_classes >= 100,
+                 f"num_queries * num_classes must be >= 100 (got {self.num_queries} * {self.num_classes})")
+
+    @property
+    def train_backbone(self) -> bool:
+        return self.lr_backbone > 0
+
+
+def _require(name: str, condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"hyperparameter {name!r} {message}")
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Check a value against the field's type; ints are accepted for floats, nothing else is converted."""
+    if kind in (bool, "bool"):
+        if not isinstance(value, bool):
+            raise ValueError(f"hyperparameter {name!r} must be true or false, got {value!r}")
+        return value
+    if kind in (int, "int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"hyperparameter {name!r} must be an integer, got {value!r}")
+        return value
+    if kind in (float, "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"hyperparameter {name!r} must be a number, got {value!r}")
+        return float(value)
+    if kind in (str, "str"):
+        if not isinstance(value, str):
+            raise ValueError(f"hyperparameter {name!r} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"ModelConfig field {name!r} has an unsupported type {kind!r}")
