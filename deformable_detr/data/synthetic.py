@@ -25,6 +25,8 @@ SPLITS = {"train": 0, "val": 1}
 MIN_SIDE, MAX_SIDE = 16, 128
 MAX_OBJECTS = 6
 MIN_IMAGE_SIZE = 64
+MAX_HIDDEN = 0.5  # a new object may cover at most this share of an earlier object's box
+PLACEMENT_TRIES = 20
 VAL_ID_OFFSET = 1_000_000  # keeps train and val image ids apart, as in COCO
 
 
@@ -86,6 +88,26 @@ def _place(rng: np.random.Generator, size: int, previous: list[tuple[int, int, i
     return x0, y0, x0 + width - 1, y0 + height - 1
 
 
+def _covered_share(box: tuple[int, int, int, int], by: tuple[int, int, int, int]) -> float:
+    """Share of `box`'s area that `by` covers (inclusive pixel bounds)."""
+    width = min(box[2], by[2]) - max(box[0], by[0]) + 1
+    height = min(box[3], by[3]) - max(box[1], by[1]) + 1
+    if width <= 0 or height <= 0:
+        return 0.0
+    return width * height / ((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
+
+
+def _place_visible(
+    rng: np.random.Generator, size: int, previous: list[tuple[int, int, int, int]]
+) -> tuple[int, int, int, int] | None:
+    """A placement that leaves every earlier object mostly visible, or None when none was found."""
+    for _ in range(PLACEMENT_TRIES):
+        box = _place(rng, size, previous)
+        if all(_covered_share(earlier, box) <= MAX_HIDDEN for earlier in previous):
+            return box
+    return None
+
+
 def draw_image(
     seed: int, split: str, index: int, size: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0
 ) -> tuple[Image.Image, list[dict[str, Any]]]:
@@ -116,7 +138,9 @@ def draw_image(
     boxes: list[tuple[int, int, int, int]] = []
     records = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        box = _place(rng, size, boxes)
+        box = _place_visible(rng, size, boxes)
+        if box is None:
+            continue
         category = int(rng.integers(1, len(CATEGORIES) + 1))
         _draw_shape(draw, category, box, tuple(int(c) for c in rng.integers(0, 256, 3)))
         boxes.append(box)
