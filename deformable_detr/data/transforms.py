@@ -69,8 +69,9 @@ def resize(
     """Resize the shorter side to `size` (longer at most `max_size`); boxes and areas scale with the image."""
     old_height, old_width = image.shape[-2:]
     height, width = get_size_with_aspect_ratio((old_height, old_width), size, max_size)
-    # Bilinear with antialiasing, as PIL's resize in the authors' pipeline; torch has a fast uint8 path.
-    image = F.resize(image, [height, width], antialias=True)
+    # Bilinear with antialiasing, as PIL's resize in the authors' pipeline. Decoded images are HWC in memory
+    # (channels-last); as a batch of one, torch takes its fast uint8 channels-last kernel (1.5x here).
+    image = F.resize(image.unsqueeze(0), [height, width], antialias=True)[0]
     target = dict(target)
     target["boxes"] = F.resize(target["boxes"], [height, width])
     target["area"] = target["area"] * ((width / old_width) * (height / old_height))
@@ -167,13 +168,15 @@ class Normalize:
     """uint8 [3, H, W] -> float32 ImageNet-normalised; boxes -> plain float32 normalised (cx, cy, w, h)."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        # One pass from uint8: (x / 255 - mean) / std == (x - 255 mean) * (1 / (255 std)).
-        self.offset = torch.tensor([255.0 * m for m in mean]).view(-1, 1, 1)
+        # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std: one conversion and two in-place passes.
         self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(-1, 1, 1)
+        self.shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(-1, 1, 1)
 
     def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
         height, width = image.shape[-2:]
-        image = image.to(torch.float32).sub_(self.offset).mul_(self.scale)
+        # The conversion also makes the layout CHW-contiguous: broadcasting over channels on a channels-last
+        # image is several times slower.
+        image = image.to(torch.float32, memory_format=torch.contiguous_format).mul_(self.scale).add_(self.shift)
         target = dict(target)
         boxes = F.convert_bounding_box_format(target["boxes"], new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
