@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from google.api_core import exceptions as api_exceptions
+from torch.utils.data import DataLoader
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from gcp_storage_emulator.server import create_server
@@ -186,3 +187,12 @@ def test_missing_annotation_blob_names_bucket_and_blob(via_proxy, tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"bucket '{BUCKET}', blob 'annotations/instances_train2017.json'"):
         data.build_dataset("train", gcs(tmp_path))
     assert not os.path.exists(tmp_path / "cache" / "instances_train2017.json")
+
+
+def test_dataloader_workers_read_from_the_bucket_through_retries(via_proxy, tmp_path):
+    dataset = data.build_dataset("val", gcs(tmp_path))
+    via_proxy.failures = ["503", "503", "reset"]
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=data.collate_fn)
+    image_ids = [int(target["image_id"]) for _, _, targets in loader for target in targets]
+    assert image_ids == dataset.ids
+    assert via_proxy.served_failures == 3

@@ -152,3 +152,13 @@ def test_seeded_workers_reproduce_the_same_augmented_batches(coco_dir):
     first, second, other = run_epoch(dataset, 7), run_epoch(dataset, 7), run_epoch(dataset, 8)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def draw(generator: torch.Generator) -> list[int]:
+    return torch.randint(1 << 30, (4,), generator=generator).tolist()
+
+
+def test_generators_differ_between_ranks_and_repeat_for_a_seed():
+    assert draw(data.make_generator(5, rank=1)) == draw(data.make_generator(5, rank=1))
+    assert draw(data.make_generator(5, rank=0)) != draw(data.make_generator(5, rank=1))
+    assert draw(data.make_generator(5)) != draw(data.make_generator(6))

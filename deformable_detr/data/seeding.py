@@ -1,6 +1,6 @@
 """Reproducible DataLoader workers for a given seed.
 
-Use both: `DataLoader(..., worker_init_fn=seed_worker, generator=make_generator(seed))`. The generator fixes
+Use both: `DataLoader(..., worker_init_fn=seed_worker, generator=make_generator(seed, rank))`. The generator fixes
 the shuffling order and the base seed DataLoader gives each worker's torch RNG (which the transforms use);
 `seed_worker` derives Python's and NumPy's seeds from it as well.
 """
@@ -11,10 +11,15 @@ import numpy as np
 import torch
 
 
-def make_generator(seed: int) -> torch.Generator:
-    """A CPU torch.Generator seeded with `seed`, for a DataLoader's `generator=`."""
+# Spreads the ranks' seeds apart so that no two (seed, rank) pairs of a run share a generator seed.
+RANK_STRIDE = 1_000_003
+
+
+def make_generator(seed: int, rank: int = 0) -> torch.Generator:
+    """A CPU torch.Generator for a DataLoader's `generator=`, seeded from the trial seed and the process rank
+    (ranks must not draw the same augmentations for their different images)."""
     generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator.manual_seed(seed + RANK_STRIDE * rank)
     return generator
 
 
