@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._build import ensure_loaded
+
 
 class MSDeformAttn(nn.Module):
     """Each query attends to `n_points` sampled locations per head and level around its reference point.
@@ -41,6 +43,9 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
         self._reset_parameters()
+        # Load (or build) the compiled kernel now rather than at the first forward, so that a model built
+        # before torch.compile traces the compiled op instead of the reference.
+        ensure_loaded()
 
     def _reset_parameters(self) -> None:
         # Offsets start on a ring of n_heads directions (scaled to the unit square's border), the k-th
@@ -83,15 +88,22 @@ class MSDeformAttn(nn.Module):
         """
         from . import ms_deform_attn  # the package picks the compiled kernel or the reference
 
+        if query.dim() != 3 or query.shape[-1] != self.d_model:
+            raise ValueError(f"MSDeformAttn: query must be [N, Lq, {self.d_model}], got {list(query.shape)}")
+        if input_flatten.dim() != 3 or input_flatten.shape[-1] != self.d_model:
+            raise ValueError(
+                f"MSDeformAttn: input_flatten must be [N, S, {self.d_model}], got {list(input_flatten.shape)}"
+            )
         batch, num_queries, _ = query.shape
         _, num_values, _ = input_flatten.shape
         if input_spatial_shapes.shape != (self.n_levels, 2):
             raise ValueError(
                 f"MSDeformAttn: input_spatial_shapes must be [{self.n_levels}, 2], got {list(input_spatial_shapes.shape)}"
             )
-        if reference_points.shape[-1] not in (2, 4):
+        if reference_points.shape[:-1] != (batch, num_queries, self.n_levels) or reference_points.shape[-1] not in (2, 4):
             raise ValueError(
-                f"MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), got {reference_points.shape[-1]}"
+                f"MSDeformAttn: reference_points must be [N, Lq, {self.n_levels}, 2] (points) or [..., 4] (boxes) "
+                f"with N={batch}, Lq={num_queries}, got {list(reference_points.shape)}"
             )
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
