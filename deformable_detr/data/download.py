@@ -48,8 +48,9 @@ def _transfer(url: str, part: str, timeout: float) -> None:
             raise _ShortTransfer("range not satisfiable") from error
         raise
     with response:
-        if offset and response.status != 206:
-            logger.warning("server ignored the Range request for %s; restarting from byte 0", url)
+        content_range = response.headers.get("Content-Range", "")
+        if offset and (response.status != 206 or not content_range.startswith(f"bytes {offset}-")):
+            logger.warning("server did not resume %s at byte %d; restarting from byte 0", url, offset)
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
