@@ -75,9 +75,11 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         self.criterion = criterion.to(context.device)
         self.postprocessors = postprocessors
         self.optimizer = context.wrap_optimizer(build_optimizer(model, self.settings))
+        # Stepped by train_batch at each epoch end: Determined's own epoch count restarts at 0 when a
+        # local run resumes, ours does not.
         self.lr_scheduler = context.wrap_lr_scheduler(
             build_lr_scheduler(self.optimizer, self.settings),
-            step_mode=pytorch.LRScheduler.StepMode.STEP_EVERY_EPOCH,
+            step_mode=pytorch.LRScheduler.StepMode.MANUAL_STEP,
         )
 
         self.val_dataset = data.build_dataset("val", self.dataset_config)
@@ -92,7 +94,8 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         batch_sampler = EpochShuffleBatchSampler(
             len(dataset), self.context.get_per_slot_batch_size(), seed=self.seed, skip_batches=self.skip_batches
         )
-        self.batches_per_epoch = len(batch_sampler) // self.context.distributed.get_size()
+        # Determined's epoch: the chief's share of the batches, rounded up.
+        self.batches_per_epoch = -(-len(batch_sampler) // self.context.distributed.get_size())
         return pytorch.DataLoader(
             dataset,
             batch_sampler=batch_sampler,
@@ -125,6 +128,9 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         return total, terms
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> dict[str, Any]:
+        # batch_idx restarts at 0 when a local run resumes; on a cluster skip_batches is 0.
+        global_batch = batch_idx + self.skip_batches
+        epoch = global_batch // self.batches_per_epoch
         images, mask, targets = batch
         with self._autocast():
             outputs = self.model(images, mask)
@@ -132,8 +138,8 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         if not torch.isfinite(loss):
             values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at training batch {self.context.current_train_batch()} "
-                f"(epoch {epoch_idx}); loss terms: {values}"
+                f"non-finite loss {loss.item()} at training batch {global_batch} (epoch {epoch}); "
+                f"loss terms: {values}"
             )
         self.context.backward(loss)
         clip = self.settings.clip_max_norm
@@ -144,6 +150,8 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         )
         if self.scaler is not None:
             self.scaler.update()
+        if (global_batch + 1) % self.batches_per_epoch == 0:
+            self.lr_scheduler.step()
         metrics = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
         for group in self.optimizer.param_groups:
             metrics[f"lr_{group['name']}"] = group["lr"]
