@@ -307,7 +307,8 @@ class DeformableTransformer(nn.Module):
         batch, _, channels = memory.shape
         result: dict[str, torch.Tensor] = {}
         if self.two_stage:
-            assert self.decoder.class_embed is not None and self.decoder.bbox_embed is not None
+            if self.decoder.class_embed is None or self.decoder.bbox_embed is None:
+                raise RuntimeError("two-stage: the detector must give the decoder its per-layer heads (box refinement)")
             output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flat, shapes)
             # the extra (last) heads score and regress the proposals
             enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)

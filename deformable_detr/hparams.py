@@ -62,7 +62,7 @@ class ModelConfig:
     enc_layers / dec_layers / dim_feedforward / hidden_dim / dropout / nheads: transformer sizes.
     num_queries: object queries (two-stage: proposals kept). enc_n_points / dec_n_points: sampling points.
     aux_loss: losses on every decoder layer. with_box_refine: iterative box refinement.
-    two_stage: encoder proposals select the queries.
+    two_stage: encoder proposals select the queries (requires with_box_refine).
     set_cost_*: Hungarian matching weights. *_loss_coef: loss weights. focal_alpha: focal loss alpha.
     lr_backbone: the backbone's learning rate; 0 freezes it (layer2-4 train only when > 0).
     num_classes: classifier outputs (91 = COCO category ids 1..90 plus the unused 0).
@@ -124,6 +124,10 @@ class ModelConfig:
             raise ValueError(f"hyperparameter 'backbone': {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if self.dilation and self.backbone in ("resnet18", "resnet34"):
             raise ValueError(f"hyperparameter 'dilation': {self.backbone} (basic blocks) cannot be dilated")
+        if self.two_stage and not self.with_box_refine:
+            # the authors' two-stage model scores proposals with the per-layer heads that only box
+            # refinement creates (without it their code fails); their two-stage results use both
+            raise ValueError("hyperparameter 'two_stage' requires 'with_box_refine': true")
         if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(
                 f"hyperparameter 'position_embedding': {self.position_embedding!r} is not one of "
@@ -148,9 +152,6 @@ class ModelConfig:
             _require(name, getattr(self, name) >= 0.0, "must be >= 0")
         if self.set_cost_class == 0 and self.set_cost_bbox == 0 and self.set_cost_giou == 0:
             raise ValueError("hyperparameters 'set_cost_class', 'set_cost_bbox', 'set_cost_giou' cannot all be 0")
-        # The post-processor keeps the 100 best (query, class) pairs.
-        _require("num_queries", self.num_queries * self.num_classes >= 100,
-                 f"num_queries * num_classes must be >= 100 (got {self.num_queries} * {self.num_classes})")
 
     @property
     def train_backbone(self) -> bool:

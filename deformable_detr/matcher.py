@@ -32,14 +32,12 @@ class HungarianMatcher(nn.Module):
         self.cost_giou = cost_giou
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> Indices:
-        """
+    def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
+        """The matching cost of every (query, target) pair: B tensors [Q, K_i], on the CPU.
+
         Args:
             outputs: pred_logits [B, Q, num_classes], pred_boxes [B, Q, 4] (cxcywh in [0, 1]).
             targets: B dicts with labels int64 [K_i] and boxes [K_i, 4] (cxcywh in [0, 1]).
-
-        Returns:
-            B pairs (query indices, target indices), int64 [min(Q, K_i)] each, sorted by query.
         """
         batch, num_queries = outputs["pred_logits"].shape[:2]
         out_prob = outputs["pred_logits"].flatten(0, 1).sigmoid()  # [B*Q, num_classes]
@@ -53,10 +51,22 @@ class HungarianMatcher(nn.Module):
         cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
         cost_giou = -generalized_box_iou(box_convert(out_bbox, "cxcywh", "xyxy"), box_convert(tgt_bbox, "cxcywh", "xyxy"))
 
+        # computed for all pairs of the batch at once, then split per image
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
         cost = cost.view(batch, num_queries, -1).cpu()
         sizes = [len(t["boxes"]) for t in targets]
-        indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
+        return [c[i] for i, c in enumerate(cost.split(sizes, -1))]
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict]) -> Indices:
+        """
+        Args:
+            outputs, targets: as in `cost_matrices`.
+
+        Returns:
+            B pairs (query indices, target indices), int64 [min(Q, K_i)] each, sorted by query.
+        """
+        indices = [linear_sum_assignment(cost) for cost in self.cost_matrices(outputs, targets)]
         return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
 
 

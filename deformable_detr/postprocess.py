@@ -6,7 +6,8 @@ from torchvision.ops import box_convert
 
 
 class PostProcess(nn.Module):
-    """Per image, the `num_detections` (query, class) pairs with the highest sigmoid scores.
+    """Per image, the `num_detections` (query, class) pairs with the highest sigmoid scores (all pairs when a
+    small model has fewer than that).
 
     A query may appear several times with different classes, as in the authors' evaluation.
     """
@@ -23,7 +24,8 @@ class PostProcess(nn.Module):
             target_sizes: [B, 2] (height, width) to scale the boxes to, usually the original image size.
 
         Returns:
-            B dicts: scores [N], labels int64 [N], boxes [N, 4] (x1, y1, x2, y2 in pixels), N = num_detections.
+            B dicts: scores [N], labels int64 [N], boxes [N, 4] (x1, y1, x2, y2 in pixels),
+            N = min(num_detections, Q * num_classes).
         """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if target_sizes.dim() != 2 or target_sizes.shape != (logits.shape[0], 2):
@@ -32,7 +34,8 @@ class PostProcess(nn.Module):
             )
         num_classes = logits.shape[2]
         prob = logits.sigmoid()
-        scores, flat_indices = torch.topk(prob.view(logits.shape[0], -1), self.num_detections, dim=1)
+        count = min(self.num_detections, prob.shape[1] * num_classes)
+        scores, flat_indices = torch.topk(prob.view(logits.shape[0], -1), count, dim=1)
         query_indices = torch.div(flat_indices, num_classes, rounding_mode="floor")
         labels = flat_indices % num_classes
         boxes = box_convert(boxes, "cxcywh", "xyxy")

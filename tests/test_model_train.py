@@ -1,0 +1,114 @@
+"""Tiny models of every variant: input forms, output shapes, frozen backbone, and a few training steps."""
+
+import pytest
+import torch
+
+import model
+from deformable_detr.batching import pad_images
+
+TINY = {
+    "backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
+    "dim_feedforward": 64, "num_queries": 12, "enc_n_points": 2, "dec_n_points": 2, "dropout": 0.0,
+    "num_classes": 5,
+}
+VARIANTS = {
+    "base": {},
+    "refine": {"with_box_refine": True},
+    "two_stage": {"with_box_refine": True, "two_stage": True},
+}
+TARGETS = [
+    {"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.3, 0.4], [0.7, 0.6, 0.3, 0.3]])},
+    {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.4]])},
+]
+
+
+def _images() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(3, 96, 128, generator=generator), torch.randn(3, 112, 96, generator=generator)]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_outputs_have_the_documented_shapes(variant: str) -> None:
+    torch.manual_seed(0)
+    detector, _, postprocessors = model.build_model({**TINY, **VARIANTS[variant]})
+    detector.eval()
+    with torch.no_grad():
+        outputs = detector(_images())
+    assert outputs["pred_logits"].shape == (2, 12, 5)
+    assert outputs["pred_boxes"].shape == (2, 12, 4)
+    assert ((outputs["pred_boxes"] >= 0) & (outputs["pred_boxes"] <= 1)).all()
+    assert len(outputs["aux_outputs"]) == 1 and outputs["aux_outputs"][0]["pred_logits"].shape == (2, 12, 5)
+    if variant == "two_stage":
+        # one proposal per encoder position: 4 levels of a 112x128 batch (strides 8, 16, 32, 64)
+        positions = 14 * 16 + 7 * 8 + 4 * 4 + 2 * 2
+        assert outputs["enc_outputs"]["pred_logits"].shape == (2, positions, 5)
+        assert outputs["enc_outputs"]["pred_boxes"].shape == (2, positions, 4)
+    else:
+        assert "enc_outputs" not in outputs
+    results = postprocessors["bbox"](outputs, torch.tensor([[480, 640], [560, 480]]))
+    # 12 queries x 5 classes: fewer pairs than the usual 100, so all of them
+    assert [tuple(r["boxes"].shape) for r in results] == [(60, 4), (60, 4)]
+    assert (results[0]["boxes"][:, 2:] >= results[0]["boxes"][:, :2]).all()
+    assert (results[0]["scores"][:-1] >= results[0]["scores"][1:]).all()
+
+
+def test_list_of_images_equals_the_padded_batch_with_its_mask() -> None:
+    torch.manual_seed(0)
+    detector, _, _ = model.build_model({**TINY, **VARIANTS["two_stage"]})
+    detector.eval()
+    images = _images()
+    batch, mask = pad_images(images)
+    with torch.no_grad():
+        from_list = detector(images)
+        from_batch = detector(batch, mask)
+    assert torch.equal(from_list["pred_logits"], from_batch["pred_logits"])
+    assert torch.equal(from_list["pred_boxes"], from_batch["pred_boxes"])
+
+
+def test_bad_inputs_are_rejected_with_their_shapes() -> None:
+    detector, _, _ = model.build_model(TINY)
+    with pytest.raises(ValueError, match="mask must be bool"):
+        detector(torch.zeros(1, 3, 64, 64), torch.zeros(1, 32, 32, dtype=torch.bool))
+    with pytest.raises(ValueError, match="got \\[3, 64, 64\\]"):
+        detector(torch.zeros(3, 64, 64))
+
+
+@pytest.mark.parametrize(("lr_backbone", "trainable"), [(0.0, set()), (1e-5, {"layer2", "layer3", "layer4"})])
+def test_only_layer2_to_4_of_the_backbone_train_and_only_with_a_learning_rate(lr_backbone: float, trainable: set) -> None:
+    detector, _, _ = model.build_model({**TINY, "lr_backbone": lr_backbone})
+    layers = {name.split(".")[3] for name, p in detector.named_parameters() if name.startswith("backbone.") and p.requires_grad}
+    assert layers == trainable
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"num_feature_levels": 1}, {"position_embedding": "learned"}, {"backbone": "resnet34", "num_feature_levels": 5}],
+    ids=["single-level", "learned-position", "resnet34-5-levels"],
+)
+def test_other_options_build_and_run(options: dict) -> None:
+    detector, criterion, _ = model.build_model({**TINY, **options})
+    outputs = detector(_images())
+    losses = criterion(outputs, TARGETS)
+    total = sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses)
+    total.backward()
+    assert torch.isfinite(total)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_a_tiny_model_trains_with_finite_decreasing_loss(variant: str) -> None:
+    torch.manual_seed(0)
+    detector, criterion, _ = model.build_model({**TINY, **VARIANTS[variant], "lr_backbone": 1e-4})
+    detector.train()
+    optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=1e-3)
+    images = _images()
+    history = []
+    for _ in range(8):
+        losses = criterion(detector(images), TARGETS)
+        total = sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(total.item())
+    assert all(torch.isfinite(torch.tensor(history)))
+    assert history[-1] < 0.8 * history[0], history
