@@ -14,7 +14,7 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _build import EXTENSION_NAME, cpp_sources, cuda_sources, wheel_cuda_include_dirs  # noqa: E402
+from _build import CXX_FLAGS, EXTENSION_NAME, cpp_sources, cuda_sources, wheel_cuda_include_dirs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,9 +32,9 @@ def extension():
             EXTENSION_NAME,
             relative(cpp_sources() + cuda_sources()),
             include_dirs=wheel_cuda_include_dirs(),
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3"]},
         )
-    return CppExtension(EXTENSION_NAME, relative(cpp_sources()), extra_compile_args={"cxx": ["-O3"]})
+    return CppExtension(EXTENSION_NAME, relative(cpp_sources()), extra_compile_args={"cxx": CXX_FLAGS})
 
 
 setup(
