@@ -184,6 +184,13 @@ def test_download_false_names_the_missing_paths(server, tmp_path):
     assert sum(server.requests.values()) == 0
 
 
+def test_annotations_dir_elsewhere_is_not_downloaded_into(server, tmp_path):
+    elsewhere = str(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match=rf"expected {elsewhere}/instances_val2017.json"):
+        data.build_dataset("val", {**local(tmp_path / "coco", server), "annotations_dir": elsewhere})
+    assert sum(server.requests.values()) == 0
+
+
 def _build(config: dict) -> None:
     data.build_dataset("val", config)
 

@@ -1,10 +1,13 @@
 """The augmentations equal the authors' specification on fixed inputs (sizes, boxes, areas, kept boxes)."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 
 from deformable_detr.data.annotations import coco_to_target
+from deformable_detr.data.synthetic import draw_image
 from deformable_detr.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -222,3 +225,15 @@ def test_image_scale_multiplies_every_size():
 def test_unknown_image_set_is_rejected():
     with pytest.raises(ValueError, match="image_set"):
         make_transforms("test")
+
+
+@pytest.mark.parametrize("size", [100, 200, 480, 800])
+def test_resized_pixels_match_pil_bilinear_up_to_rounding(size):
+    picture, _ = draw_image(0, "train", 0, 320)
+    picture = picture.crop((0, 0, 320, 240))
+    image = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)  # CHW view of HWC memory, as decoded
+    resized, _ = resize(image, coco_to_target([], 1, 240, 320), size, None)
+    height, width = resized.shape[-2:]
+    reference = torch.from_numpy(np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR)).copy())
+    difference = (resized.int() - reference.permute(2, 0, 1).int()).abs()
+    assert difference.max() <= 1 and difference.float().mean() < 0.01

@@ -174,6 +174,13 @@ def ensure_coco(data_dir: str, annotation_file: str, image_set: str, download: b
         return
     if not download:
         raise FileNotFoundError(f"COCO data not found: expected {sorted(missing().values())} (data.download is false)")
+    official = os.path.join(data_dir, "annotations", f"instances_{image_set}2017.json")
+    if "annotations" in missing() and os.path.abspath(annotation_file) != os.path.abspath(official):
+        # The zip extracts to <data_dir>/annotations: it cannot fill a folder named elsewhere.
+        raise FileNotFoundError(
+            f"annotation file not found: expected {annotation_file} (data.annotations_dir is set, so it is not "
+            f"downloaded; leave annotations_dir unset to download into {os.path.dirname(official)})"
+        )
     os.makedirs(data_dir, exist_ok=True)
     with FileLock(os.path.join(data_dir, ".download.lock")):
         urls = coco_zip_urls(base_url, image_set)
@@ -181,7 +188,4 @@ def ensure_coco(data_dir: str, annotation_file: str, image_set: str, download: b
             fetch_and_extract(urls[kind], data_dir)
     still_missing = missing()
     if still_missing:
-        raise FileNotFoundError(
-            f"COCO data not found after download: expected {sorted(still_missing.values())} "
-            f"(annotations extract to {os.path.join(data_dir, 'annotations')})"
-        )
+        raise FileNotFoundError(f"COCO data not found after download: expected {sorted(still_missing.values())}")
