@@ -134,6 +134,12 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         images, mask, targets = batch
         with self._autocast():
             outputs = self.model(images, mask)
+        for name in ("pred_logits", "pred_boxes"):
+            if not torch.isfinite(outputs[name]).all():
+                raise FloatingPointError(
+                    f"non-finite model output {name} at training batch {global_batch} (epoch {epoch}): "
+                    f"{int((~torch.isfinite(outputs[name])).sum())} of {outputs[name].numel()} values"
+                )
         loss, terms = self._losses(outputs, targets)
         if not torch.isfinite(loss):
             values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())

@@ -1,0 +1,151 @@
+"""The trial through Determined's real Trainer: training, validation, checkpoints, exact resume, two
+torchrun workers, and the errors a run must stop with."""
+
+import os
+
+import pytest
+import torch
+
+from deformable_detr.data import synthetic
+from trial_runs import checkpoints, read_metrics, run_script, write_config
+
+pytestmark = pytest.mark.slow
+
+FAKE_DATA = {"backend": "fake", "fake_length": 16, "image_scale": 0.2, "num_workers": 0}
+PERIODS = {"validation_period": {"batches": 4}, "checkpoint_period": {"batches": 4}, "reporting_period": {"batches": 2}}
+METRIC_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large")
+
+
+@pytest.fixture(scope="module")
+def synthetic_coco(tmp_path_factory) -> str:
+    data_dir = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.main(["--out", data_dir, "--train", "24", "--val", "8", "--size", "128", "--seed", "3"])
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory, synthetic_coco) -> dict:
+    """Six batches on the on-disk synthetic COCO set, checkpointed (without validation) at batch 6."""
+    work = tmp_path_factory.mktemp("synthetic_run")
+    data = {
+        "backend": "local",
+        "data_dir": synthetic_coco,
+        "download": False,
+        "image_scale": 0.2,
+        "num_workers": 1,
+        "trainer": {"validation_period": {"batches": 1000}, "checkpoint_period": {"batches": 6},
+                    "reporting_period": {"batches": 3}},
+    }
+    config = write_config(str(work / "config.yaml"), data, {"global_batch_size": 4, "num_classes": 5, "lr": 1e-3})
+    metrics_file = str(work / "metrics.jsonl")
+    output = run_script([config, "--checkpoint-dir", str(work / "ckpt"), "--metrics-file", metrics_file,
+                         "--max-batches", "6"])
+    return {"work": work, "config": config, "metrics": read_metrics(metrics_file), "output": output,
+            "checkpoints": checkpoints(str(work / "ckpt")), "data": data}
+
+
+def test_trial_trains_validates_and_checkpoints_on_fake_data(tmp_path):
+    config = write_config(str(tmp_path / "c.yaml"), {**FAKE_DATA, "trainer": PERIODS}, {"global_batch_size": 2})
+    metrics_file = str(tmp_path / "metrics.jsonl")
+    output = run_script([config, "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", metrics_file,
+                         "--max-batches", "4"])
+    records = read_metrics(metrics_file)
+    train = [r for r in records if r["kind"] == "train"]
+    validation = [r for r in records if r["kind"] == "validation"]
+    assert [r["batch"] for r in train] == [2, 4]
+    for record in train:
+        for term in ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error", "lr_rest"):
+            assert term in record and record[term] == record[term], term  # present and not NaN
+    assert len(validation) == 1 and validation[0]["batch"] == 4
+    assert set(METRIC_NAMES) <= set(validation[0]) and "loss" in validation[0]
+    assert 4 in checkpoints(str(tmp_path / "ckpt"))
+    assert "batch 4/4" in output and "left" in output  # visible progress with time left
+
+
+def test_trial_trains_on_synthetic_coco_from_disk(synthetic_run):
+    train = [r for r in synthetic_run["metrics"] if r["kind"] == "train"]
+    validation = [r for r in synthetic_run["metrics"] if r["kind"] == "validation"]
+    assert [r["batch"] for r in train] == [3, 6]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train)
+    # the final validation runs over all 8 images of the on-disk val set
+    assert len(validation) == 1 and set(METRIC_NAMES) <= set(validation[0])
+    checkpoint = synthetic_run["checkpoints"][6]
+    assert os.path.isfile(os.path.join(checkpoint, "deformable_detr.json"))
+    assert os.path.isfile(os.path.join(checkpoint, "state_dict.pth"))
+
+
+def _load_state(checkpoint_dir: str) -> dict:
+    from deformable_detr.determined_compat import allow_determined_rng_state
+
+    allow_determined_rng_state()
+    return torch.load(os.path.join(checkpoint_dir, "state_dict.pth"), map_location="cpu", weights_only=True)
+
+
+def _assert_same_tree(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tree(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_resume_in_the_middle_of_an_epoch_is_bit_identical(tmp_path):
+    # 8 batches per epoch, lr drop after the first epoch: 12 straight vs 6 + resume + 6.
+    data = {**FAKE_DATA, "num_workers": 1, "trainer": {
+        "validation_period": {"batches": 100}, "checkpoint_period": {"batches": 6}, "reporting_period": {"batches": 6}}}
+    hparams = {"global_batch_size": 2, "lr_drop": 1, "dropout": 0.1}
+    config = write_config(str(tmp_path / "c.yaml"), data, hparams)
+    straight, halves = str(tmp_path / "straight"), str(tmp_path / "halves")
+    run_script([config, "--checkpoint-dir", straight, "--max-batches", "12"])
+    run_script([config, "--checkpoint-dir", halves, "--max-batches", "6"])
+    run_script([config, "--checkpoint-dir", halves, "--max-batches", "12", "--resume", checkpoints(halves)[6]])
+    a, b = _load_state(checkpoints(straight)[12]), _load_state(checkpoints(halves)[12])
+    _assert_same_tree(a["models_state_dict"], b["models_state_dict"], "model")
+    _assert_same_tree(a["optimizers_state_dict"], b["optimizers_state_dict"], "optimizer")
+    _assert_same_tree(a["lr_schedulers_state_dict"], b["lr_schedulers_state_dict"], "lr_scheduler")
+    assert b["lr_schedulers_state_dict"][0]["last_epoch"] == 1  # the drop happened once, after epoch 1
+    assert b["optimizers_state_dict"][0]["param_groups"][0]["lr"] == pytest.approx(2e-5)
+
+
+def test_two_torchrun_workers_validate_like_one_process(synthetic_run):
+    """Both resume the same checkpoint (saved before validation), so they only validate: the metrics
+    reduced over two workers must equal those of one process."""
+    work, checkpoint = synthetic_run["work"], synthetic_run["checkpoints"][6]
+    one, two = str(work / "one.jsonl"), str(work / "two.jsonl")
+    common = [synthetic_run["config"], "--checkpoint-dir", str(work / "ckpt"), "--resume", checkpoint,
+              "--max-batches", "6"]
+    run_script(common + ["--metrics-file", one])
+    run_script(common + ["--metrics-file", two], nproc=2)
+    (single,) = [r for r in read_metrics(one) if r["kind"] == "validation"]
+    (double,) = [r for r in read_metrics(two) if r["kind"] == "validation"]
+    assert any(single[name] > 0 for name in METRIC_NAMES), "a trained model should detect something"
+    for name in METRIC_NAMES:
+        assert double[name] == pytest.approx(single[name], abs=1e-12), name
+    assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_two_torchrun_workers_train(tmp_path):
+    config = write_config(str(tmp_path / "c.yaml"), {**FAKE_DATA, "trainer": PERIODS}, {"global_batch_size": 4})
+    metrics_file = str(tmp_path / "m.jsonl")
+    output = run_script([config, "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", metrics_file,
+                         "--max-batches", "2"], nproc=2)
+    records = read_metrics(metrics_file)
+    assert [r["kind"] for r in records] == ["train", "validation"]
+    assert "rank=1" in output or "size=2" in output or records[0]["batch"] == 2
+
+
+def test_bf16_autocast_trains_with_finite_losses(tmp_path):
+    config = write_config(str(tmp_path / "c.yaml"), {**FAKE_DATA, "trainer": PERIODS},
+                          {"global_batch_size": 2, "amp": "bf16"})
+    metrics_file = str(tmp_path / "m.jsonl")
+    run_script([config, "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", metrics_file,
+                "--max-batches", "2"])
+    (train,) = [r for r in read_metrics(metrics_file) if r["kind"] == "train"]
+    assert all(torch.isfinite(torch.tensor(train[name])) for name in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
