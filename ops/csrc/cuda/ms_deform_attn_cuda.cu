@@ -18,7 +18,9 @@
 namespace deformable_detr_ops {
 namespace {
 
-constexpr int kThreadsPerBlock = 256;
+constexpr int kThreadsPerBlock = 256;  // a multiple of the warp size: no block ends mid-warp
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullWarp = 0xffffffffu;
 
 // The value gradient's add: many queries sample the same pixel, so the writes race.
 struct AtomicAdd {
@@ -93,6 +95,9 @@ __global__ void ms_deform_attn_backward_kernel(
   const int64_t head = query_head % sizes.heads;
   const int64_t batch = query_head / (sizes.heads * sizes.num_queries);
   const int64_t pixel_stride = sizes.heads * sizes.channels;
+  // With D a multiple of 32, each warp covers 32 channels of one (batch, query, head), and total is a
+  // multiple of 32, so no lane of a warp returned above.
+  const bool warp_per_sample = sizes.channels % kWarpSize == 0;
   const acc_t grad = static_cast<acc_t>(grad_output[element]);
   Corners<acc_t> corners;
   for (int64_t level = 0; level < sizes.levels; ++level) {
@@ -112,10 +117,25 @@ __global__ void ms_deform_attn_backward_kernel(
       acc_t d_dh;
       const acc_t sampled = gather_corners_with_grad(value + level_offset, corners, channel, d_dw, d_dh);
       scatter_corners(grad_value + level_offset, corners, channel, weight * grad, AtomicAdd{});
-      // Every channel thread of this sample adds its share of the reductions over channels.
-      gpuAtomicAdd(grad_attention_weights + sample, grad * sampled);
-      gpuAtomicAdd(grad_sampling_locations + 2 * sample, weight * grad * d_dw * static_cast<acc_t>(width));
-      gpuAtomicAdd(grad_sampling_locations + 2 * sample + 1, weight * grad * d_dh * static_cast<acc_t>(height));
+      // The sample's gradients are sums over its channels, one share per thread.
+      acc_t grad_weight = grad * sampled;
+      acc_t grad_x = weight * grad * d_dw * static_cast<acc_t>(width);
+      acc_t grad_y = weight * grad * d_dh * static_cast<acc_t>(height);
+      if (warp_per_sample) {
+        // All 32 lanes hold channels of this sample (and took the same branches): sum them in registers
+        // and let lane 0 add once, instead of 32 contended atomic adds per value.
+        for (int lane_offset = kWarpSize / 2; lane_offset > 0; lane_offset /= 2) {
+          grad_weight += __shfl_down_sync(kFullWarp, grad_weight, lane_offset);
+          grad_x += __shfl_down_sync(kFullWarp, grad_x, lane_offset);
+          grad_y += __shfl_down_sync(kFullWarp, grad_y, lane_offset);
+        }
+        if ((threadIdx.x % kWarpSize) != 0) {
+          continue;
+        }
+      }
+      gpuAtomicAdd(grad_attention_weights + sample, grad_weight);
+      gpuAtomicAdd(grad_sampling_locations + 2 * sample, grad_x);
+      gpuAtomicAdd(grad_sampling_locations + 2 * sample + 1, grad_y);
     }
   }
 }
