@@ -53,6 +53,7 @@ def cuda_sources() -> list[Path]:
 
 
 def headers() -> list[Path]:
+    """Headers shared by the sources (part of the build key)."""
     return sorted(SOURCE_DIR.glob("*.h"))
 
 
@@ -80,7 +81,15 @@ def cuda_build_wanted() -> bool:
     """CUDA sources are built when a GPU is visible and a CUDA toolkit was found."""
     from torch.utils import cpp_extension
 
-    return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    if not torch.cuda.is_available():
+        return False
+    if cpp_extension.CUDA_HOME is None:
+        LOGGER.warning(
+            "ms_deform_attn: a GPU is visible but no CUDA toolkit was found (set CUDA_HOME to the folder that "
+            "holds bin/nvcc); building the CPU kernel only, so the op will refuse CUDA tensors"
+        )
+        return False
+    return True
 
 
 def wheel_cuda_include_dirs() -> list[str]:

@@ -8,10 +8,9 @@ DDETR_MSDA_FORCE_CUDA=1 (to build on a machine without a GPU; set TORCH_CUDA_ARC
 import os
 import sys
 
+import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _build import CXX_FLAGS, EXTENSION_NAME, cpp_sources, cuda_sources, wheel_cuda_include_dirs  # noqa: E402
@@ -19,11 +18,12 @@ from _build import CXX_FLAGS, EXTENSION_NAME, cpp_sources, cuda_sources, wheel_c
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def relative(paths) -> list[str]:
+def relative(paths: list) -> list[str]:
+    """setuptools wants source paths relative to this folder."""
     return [os.path.relpath(path, HERE) for path in paths]
 
 
-def extension():
+def extension() -> CppExtension:
     with_cuda = CUDA_HOME is not None and (
         torch.cuda.is_available() or os.environ.get("DDETR_MSDA_FORCE_CUDA") == "1"
     )
