@@ -18,8 +18,11 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# Benchmarks (not tests): the attention op, the data pipeline, full training steps.
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) -m ops.bench
+	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_train_step.py
 
 # Horovod 0.28.1 built from source for this torch (CPU + gloo); the horovod tests run once it is there.
 horovod: $(STAMP)
