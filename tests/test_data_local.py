@@ -109,7 +109,15 @@ def test_corrupt_or_truncated_image_error_names_file_and_image_id(coco_dir, tmp_
         file.write(b"not an image at all" * 10)
     with pytest.raises(ImageDecodeError, match=rf"image id {image_id} \({path}\)"):
         dataset[2]
-    dataset[1]  # the other images still load
+    with open(path, "wb"):
+        pass
+    with pytest.raises(ImageDecodeError, match=rf"image id {image_id} \({path}\): the file is empty"):
+        dataset[2]
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match=rf"image id {image_id}: .*{path}"):
+        dataset[2]
+    image, target = dataset[1]  # the other images still load
+    assert int(target["image_id"]) == dataset.ids[1]
 
 
 def test_missing_annotation_file_names_the_expected_path(tmp_path):

@@ -73,6 +73,8 @@ def restrict_to_categories(coco: COCO, cat_ids: Sequence[int]) -> COCO:
 
 def decode(data: bytes, location: str, image_id: int) -> torch.Tensor:
     """JPEG/PNG bytes -> uint8 [3, H, W] (libjpeg-turbo through torchvision; grey images become RGB)."""
+    if not data:
+        raise ImageDecodeError(f"cannot decode image id {image_id} ({location}): the file is empty")
     try:
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as error:
@@ -115,7 +117,11 @@ class CocoDetection(Dataset):
         """The decoded uint8 image [3, H, W] and its un-augmented target."""
         image_id = self.ids[index]
         path = f"{self.image_folder}/{self.coco.imgs[image_id]['file_name']}"
-        image = decode(self.store.read(path), self.store.describe(path), image_id)
+        try:
+            content = self.store.read(path)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"image id {image_id}: {error}") from error
+        image = decode(content, self.store.describe(path), image_id)
         height, width = image.shape[-2:]
         target = coco_to_target(self.coco.imgToAnns[image_id], image_id, height, width, self.cat_id_to_label)
         return image, target
