@@ -29,7 +29,8 @@ def test_items_follow_the_contract():
         assert target["size"].tolist() == list(image.shape[-2:])
         assert target["orig_size"].tolist() == [120, 160]
         assert target["boxes"].shape == (len(target["labels"]), 4) and target["labels"].dtype == torch.int64
-        assert bool(((target["boxes"] >= 0) & (target["boxes"] <= 1)).all())
+        # A box spanning the whole crop can end 1 ulp past 1 after resize and division, as in the authors' code.
+        assert bool(((target["boxes"] >= 0) & (target["boxes"] <= 1 + 1e-6)).all())
         assert set(target["labels"].tolist()) <= set(range(1, 91))
 
 

@@ -34,7 +34,8 @@ def check_item(image: torch.Tensor, target: dict) -> None:
     assert target["image_id"].dtype == torch.int64 and target["image_id"].shape == ()
     assert target["orig_size"].dtype == torch.int64 and target["orig_size"].tolist() == [128, 128]
     assert target["size"].tolist() == list(image.shape[-2:])
-    assert bool(((target["boxes"] >= 0) & (target["boxes"] <= 1)).all())
+    # A box spanning the whole crop can end 1 ulp past 1 after resize and division, as in the authors' code.
+    assert bool(((target["boxes"] >= 0) & (target["boxes"] <= 1 + 1e-6)).all())
 
 
 def test_items_follow_the_contract_for_train_and_val(coco_dir):

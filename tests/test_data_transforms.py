@@ -204,7 +204,8 @@ def test_train_pipeline_sizes_follow_the_authors_scales():
         shorter_sides.add(min(height, width))
         assert max(height, width) <= 1333
         assert len(out["boxes"]) == len(out["labels"]) == len(out["area"]) <= 4
-        assert bool(((out["boxes"] >= 0) & (out["boxes"] <= 1)).all())
+        # A box spanning the whole crop can end 1 ulp past 1 after resize and division, as in the authors' code.
+        assert bool(((out["boxes"] >= 0) & (out["boxes"] <= 1 + 1e-6)).all())
     assert shorter_sides <= set(range(480, 801, 32))
     assert len(shorter_sides) > 3
 
