@@ -82,7 +82,9 @@ class FakeCocoDetection(Dataset):
     def image(self, index: int, records: list[dict[str, Any]]) -> torch.Tensor:
         """uint8 [3, H, W]: uniform noise with each box filled by a colour that depends on its category."""
         generator = self._generator(index)
-        image = torch.randint(0, 256, (3, self.height, self.width), dtype=torch.uint8, generator=generator)
+        # Drawn in HWC memory, like decoded images, so that the resize takes the fast channels-last path.
+        image = torch.randint(0, 256, (self.height, self.width, 3), dtype=torch.uint8, generator=generator)
+        image = image.permute(2, 0, 1)
         for record in records:
             x, y, width, height = (int(v) for v in record["bbox"])
             colour = torch.tensor([(record["category_id"] * k) % 256 for k in (37, 91, 151)], dtype=torch.uint8)
