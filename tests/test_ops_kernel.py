@@ -144,6 +144,34 @@ def test_golden_cases_match_the_authors_kernel_and_grid_sample() -> None:
                 torch.testing.assert_close(tensor, expected, atol=1e-12, rtol=1e-12, msg=f"{case['name']}: {name}")
 
 
+def sample_one_point(x: float, y: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and location gradient of one point on a 2x2 image holding 1, 2 (top row), 3, 4."""
+    value = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64).view(1, 4, 1, 1)
+    location = torch.tensor([x, y], dtype=torch.float64).view(1, 1, 1, 1, 1, 2).requires_grad_()
+    weight = torch.ones(1, 1, 1, 1, 1, dtype=torch.float64)
+    output = ops.ms_deform_attn(value, torch.tensor([[2, 2]]), torch.tensor([0]), location, weight)
+    (grad,) = torch.autograd.grad(output.sum(), location)
+    return output.flatten(), grad.flatten()
+
+
+def test_pixel_centres_edges_and_the_drop_rule_follow_the_authors_kernel() -> None:
+    # Pixel centres sit at (i + 0.5) / size: the top-left centre reads exactly the top-left pixel.
+    output, _ = sample_one_point(0.25, 0.25)
+    assert output.item() == 1.0
+    # Between the two top pixels: their mean; d/dx = (2 - 1) * W.
+    output, grad = sample_one_point(0.5, 0.25)
+    assert output.item() == 1.5 and grad.tolist() == [2.0, 4.0]
+    # On the left image edge half the weight falls outside the image and reads zero.
+    output, _ = sample_one_point(0.0, 0.25)
+    assert output.item() == 0.5
+    # h_im exactly -1 (y = -0.25 here) drops the point, gradient included, as the authors' kernel does
+    # (grid_sample would give a one-sided location gradient there).
+    output, grad = sample_one_point(0.25, -0.25)
+    assert output.item() == 0.0 and grad.tolist() == [0.0, 0.0]
+    output, grad = sample_one_point(0.25, -0.2499)
+    assert output.item() > 0.0 and grad[1].item() > 0.0
+
+
 def test_backward_is_deterministic_and_independent_of_thread_count() -> None:
     inputs = make_inputs(ENCODER_LIKE, batch=2, num_queries=60, heads=4, channels=8, points=4)
     previous_threads = torch.get_num_threads()
