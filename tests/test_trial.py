@@ -121,11 +121,13 @@ def test_two_torchrun_workers_validate_like_one_process(synthetic_run):
     one, two = str(work / "one.jsonl"), str(work / "two.jsonl")
     common = [synthetic_run["config"], "--checkpoint-dir", str(work / "ckpt"), "--resume", checkpoint,
               "--max-batches", "6"]
-    run_script(common + ["--metrics-file", one])
-    run_script(common + ["--metrics-file", two], nproc=2)
+    single_log = run_script(common + ["--metrics-file", one])
+    double_log = run_script(common + ["--metrics-file", two], nproc=2)
+    # every one of the 8 validation images is evaluated once in both runs
+    assert "validated: 8 records" in single_log and "validated: 8 records" in double_log
     (single,) = [r for r in read_metrics(one) if r["kind"] == "validation"]
     (double,) = [r for r in read_metrics(two) if r["kind"] == "validation"]
-    assert any(single[name] > 0 for name in METRIC_NAMES), "a trained model should detect something"
+    # (the COCO merge across workers is checked with non-trivial detections in test_coco_eval.py)
     for name in METRIC_NAMES:
         assert double[name] == pytest.approx(single[name], abs=1e-12), name
     assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
@@ -137,8 +139,8 @@ def test_two_torchrun_workers_train(tmp_path):
     output = run_script([config, "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", metrics_file,
                          "--max-batches", "2"], nproc=2)
     records = read_metrics(metrics_file)
-    assert [r["kind"] for r in records] == ["train", "validation"]
-    assert "rank=1" in output or "size=2" in output or records[0]["batch"] == 2
+    assert [r["kind"] for r in records] == ["train", "validation"]  # the chief alone writes the log
+    assert records[0]["batch"] == 2 and "validated: 16 records" in output
 
 
 def test_bf16_autocast_trains_with_finite_losses(tmp_path):
