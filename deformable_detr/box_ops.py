@@ -1,4 +1,4 @@
-"""Box helpers that torchvision.ops does not provide (conversion and generalized IoU come from there)."""
+"""Box functions that torchvision.ops does not provide (conversion and generalized IoU come from there)."""
 
 import torch
 

@@ -87,7 +87,8 @@ class SetCriterion(nn.Module):
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0).to(src_boxes.dtype)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
-        giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+        giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),
+                                   box_convert(target_boxes, "cxcywh", "xyxy"))
         loss_giou = 1 - torch.diag(giou)
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 

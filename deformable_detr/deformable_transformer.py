@@ -148,7 +148,8 @@ class DeformableTransformerDecoder(nn.Module):
         intermediate_reference_points = []
         for index, layer in enumerate(self.layers):
             if reference_points.shape[-1] == 4:
-                reference_points_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+                box_ratios = torch.cat([valid_ratios, valid_ratios], -1)
+                reference_points_input = reference_points[:, :, None] * box_ratios[:, None]
             else:
                 reference_points_input = reference_points[:, :, None] * valid_ratios[:, None]
             output = layer(output, query_pos, reference_points_input, src, spatial_shapes, level_start_index,

@@ -178,7 +178,9 @@ class DeformableDETR(nn.Module):
             return pad_images(list(samples))
         if not isinstance(samples, torch.Tensor) or samples.dim() != 4:
             shape = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
-            raise ValueError(f"DeformableDETR: samples must be a list of CHW images or a [B, 3, H, W] batch, got {shape}")
+            raise ValueError(
+                f"DeformableDETR: samples must be a list of CHW images or a [B, 3, H, W] batch, got {shape}"
+            )
         if mask is None:
             mask = torch.zeros((samples.shape[0], *samples.shape[2:]), dtype=torch.bool, device=samples.device)
         elif mask.shape != (samples.shape[0], *samples.shape[2:]) or mask.dtype != torch.bool:

@@ -49,7 +49,8 @@ class HungarianMatcher(nn.Module):
         pos_cost_class = self.alpha * ((1 - out_prob) ** self.gamma) * (-(out_prob + 1e-8).log())
         cost_class = pos_cost_class[:, tgt_ids] - neg_cost_class[:, tgt_ids]
         cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
-        cost_giou = -generalized_box_iou(box_convert(out_bbox, "cxcywh", "xyxy"), box_convert(tgt_bbox, "cxcywh", "xyxy"))
+        cost_giou = -generalized_box_iou(box_convert(out_bbox, "cxcywh", "xyxy"),
+                                         box_convert(tgt_bbox, "cxcywh", "xyxy"))
 
         # computed for all pairs of the batch at once, then split per image
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou

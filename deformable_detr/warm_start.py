@@ -30,7 +30,9 @@ def read_checkpoint(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, tor
             + (f" with keys {sorted(checkpoint)[:10]}" if isinstance(checkpoint, dict) else "") + ")"
         )
     if not isinstance(state_dict, dict):
-        raise ValueError(f"warm start: 'model' in {_describe(path_or_file)} is a {type(state_dict).__name__}, not a state_dict")
+        raise ValueError(
+            f"warm start: 'model' in {_describe(path_or_file)} is a {type(state_dict).__name__}, not a state_dict"
+        )
     return state_dict
 
 
@@ -66,7 +68,9 @@ def load_pretrained(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO
     if other:
         details = ", ".join(f"{key}: checkpoint {list(state_dict[key].shape)} vs model {list(own[key].shape)}"
                             for key in other[:5])
-        raise ValueError(f"warm start: {len(other)} tensor(s) of {_describe(path_or_file)} have other shapes: {details}")
+        raise ValueError(
+            f"warm start: {len(other)} tensor(s) of {_describe(path_or_file)} have other shapes: {details}"
+        )
     skipped: list[str] = []
     if class_keys:
         skipped = sorted(key for key in state_dict if key.startswith(CLASS_HEAD_PREFIXES))

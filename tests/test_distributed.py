@@ -33,7 +33,8 @@ def _check(results: list[dict]) -> None:
 
 def _run(command: list[str], env: dict[str, str]) -> None:
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert completed.returncode == 0, f"{' '.join(command)} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    output = f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    assert completed.returncode == 0, f"{' '.join(command)} failed:\n{output}"
 
 
 def test_single_process_count_is_unchanged_but_at_least_one() -> None:
@@ -56,6 +57,7 @@ def test_two_horovod_workers_get_the_same_average(tmp_path) -> None:
     horovodrun = shutil.which("horovodrun", path=os.path.dirname(sys.executable)) or shutil.which("horovodrun")
     if horovodrun is None:
         pytest.skip("horovod is installed but horovodrun is not on PATH")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": path}
     _run([horovodrun, "-np", "2", "--gloo", "-H", "localhost:2", sys.executable, WORKER, "horovod", str(tmp_path)], env)
     _check(_read_results(str(tmp_path)))

@@ -18,7 +18,8 @@ def variant_model(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module]
 
 def test_state_dict_keys_and_shapes_are_the_official_ones_in_order(variant_model) -> None:
     variant, detector = variant_model
-    ours = [(key, tuple(value.shape), str(value.dtype).removeprefix("torch.")) for key, value in detector.state_dict().items()]
+    ours = [(key, tuple(value.shape), str(value.dtype).removeprefix("torch."))
+            for key, value in detector.state_dict().items()]
     assert ours == [(key, tuple(shape), dtype) for key, shape, dtype in official_keys(variant)]
 
 

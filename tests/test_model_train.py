@@ -74,9 +74,11 @@ def test_bad_inputs_are_rejected_with_their_shapes() -> None:
 
 
 @pytest.mark.parametrize(("lr_backbone", "trainable"), [(0.0, set()), (1e-5, {"layer2", "layer3", "layer4"})])
-def test_only_layer2_to_4_of_the_backbone_train_and_only_with_a_learning_rate(lr_backbone: float, trainable: set) -> None:
+def test_only_layer2_to_4_of_the_backbone_train_and_only_with_a_learning_rate(lr_backbone: float,
+                                                                              trainable: set) -> None:
     detector, _, _ = model.build_model({**TINY, "lr_backbone": lr_backbone})
-    layers = {name.split(".")[3] for name, p in detector.named_parameters() if name.startswith("backbone.") and p.requires_grad}
+    layers = {name.split(".")[3] for name, p in detector.named_parameters()
+              if name.startswith("backbone.") and p.requires_grad}
     assert layers == trainable
 
 
