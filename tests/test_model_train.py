@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+import torchvision
+from torchvision.models._api import WeightsEnum
 
 import model
 from deformable_detr.batching import pad_images
@@ -114,3 +116,22 @@ def test_a_tiny_model_trains_with_finite_decreasing_loss(variant: str) -> None:
         history.append(total.item())
     assert all(torch.isfinite(torch.tensor(history)))
     assert history[-1] < 0.8 * history[0], history
+
+
+def test_pretrained_backbone_loads_torchvision_imagenet_weights_into_frozen_batch_norm(monkeypatch) -> None:
+    # No download in tests: torchvision's weight loader returns the state_dict of a locally built ResNet-18
+    # (ordinary BatchNorm2d, so it also carries num_batches_tracked, as torchvision's files may).
+    torch.manual_seed(5)
+    imagenet = torchvision.models.resnet18().state_dict()
+    requested = []
+
+    def fake_get_state_dict(weights, *args, **kwargs):
+        requested.append(str(weights))
+        return imagenet
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_get_state_dict)
+    detector, _, _ = model.build_model({**TINY, "pretrained_backbone": True})
+    assert requested == ["ResNet18_Weights.IMAGENET1K_V1"]
+    body = detector.backbone[0].body.state_dict()
+    for key, value in body.items():
+        assert torch.equal(value, imagenet[key]), key
