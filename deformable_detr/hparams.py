@@ -133,8 +133,7 @@ class ModelConfig:
                 f"hyperparameter 'position_embedding': {self.position_embedding!r} is not one of "
                 f"{', '.join(POSITION_EMBEDDINGS)}"
             )
-        for name in ("enc_layers",):
-            _require(name, getattr(self, name) >= 0, "must be >= 0")
+        _require("enc_layers", self.enc_layers >= 0, "must be >= 0")
         for name in ("dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries", "dec_n_points",
                      "enc_n_points", "num_classes"):
             _require(name, getattr(self, name) >= 1, "must be >= 1")
