@@ -3,6 +3,9 @@
 The golden case was produced by the authors' code with their pure-PyTorch attention (grid_sample), so the
 full comparison (including gradients) runs the model on `ops.ms_deform_attn_reference`; a second test runs
 the forward pass and the losses on whatever `ops.ms_deform_attn` dispatches to (the compiled kernel when built).
+The kernel computes each sample with grid_sample's roundings, but its sums are ordered differently: outputs
+agree to ~1e-6, and a sample that lies within float rounding of a pixel boundary can then fall on the other
+side, which changes its one-sided location gradient (here one gradient norm moves by 2e-4 relative).
 """
 
 import pytest

@@ -129,7 +129,7 @@ def test_mixed_dtypes_compute_in_the_promoted_dtype() -> None:
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_golden_cases_match_the_authors_kernel_and_grid_sample() -> None:
+def test_golden_cases_match_grid_sample_and_the_authors_kernel_forward() -> None:
     cases = torch.load(GOLDEN_PATH, weights_only=True)["cases"]
     assert len(cases) >= 2
     for case in cases:
@@ -140,8 +140,10 @@ def test_golden_cases_match_the_authors_kernel_and_grid_sample() -> None:
         output, grads = output_and_grads(ops.ms_deform_attn, inputs, case["grad_output"])
         actual = dict(zip(("output",) + GRAD_NAMES, (output,) + grads))
         for name, tensor in actual.items():
-            for expected in (case[name], case["cuda_semantics"][name]):
-                torch.testing.assert_close(tensor, expected, atol=1e-12, rtol=1e-12, msg=f"{case['name']}: {name}")
+            torch.testing.assert_close(tensor, case[name], atol=1e-12, rtol=1e-12, msg=f"{case['name']}: {name}")
+        # The authors' CUDA kernel computes the same values; only its location gradient differs, at
+        # points exactly on h_im = -1 or w_im = -1, which it drops and grid_sample keeps.
+        torch.testing.assert_close(output, case["cuda_semantics"]["output"], atol=1e-12, rtol=1e-12)
 
 
 def sample_one_point(x: float, y: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +156,7 @@ def sample_one_point(x: float, y: float) -> tuple[torch.Tensor, torch.Tensor]:
     return output.flatten(), grad.flatten()
 
 
-def test_pixel_centres_edges_and_the_drop_rule_follow_the_authors_kernel() -> None:
+def test_pixel_centres_edges_and_the_border_rule_follow_grid_sample() -> None:
     # Pixel centres sit at (i + 0.5) / size: the top-left centre reads exactly the top-left pixel.
     output, _ = sample_one_point(0.25, 0.25)
     assert output.item() == 1.0
@@ -164,10 +166,15 @@ def test_pixel_centres_edges_and_the_drop_rule_follow_the_authors_kernel() -> No
     # On the left image edge half the weight falls outside the image and reads zero.
     output, _ = sample_one_point(0.0, 0.25)
     assert output.item() == 0.5
-    # h_im exactly -1 (y = -0.25 here) drops the point, gradient included, as the authors' kernel does
-    # (grid_sample would give a one-sided location gradient there).
+    # h_im exactly -1 (y = -0.25 here): zero value but, as in grid_sample, the one-sided location gradient
+    # of the row below (the authors' CUDA kernel drops the point there, gradient included).
     output, grad = sample_one_point(0.25, -0.25)
-    assert output.item() == 0.0 and grad.tolist() == [0.0, 0.0]
+    image = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64).view(1, 1, 2, 2)
+    grid = torch.tensor([2 * 0.25 - 1, 2 * -0.25 - 1], dtype=torch.float64).view(1, 1, 1, 2).requires_grad_()
+    sampled = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    (grid_grad,) = torch.autograd.grad(sampled.sum(), grid)
+    assert output.item() == sampled.item() == 0.0
+    assert grad.tolist() == (2 * grid_grad).flatten().tolist() and grad[1].item() > 0.0
     output, grad = sample_one_point(0.25, -0.2499)
     assert output.item() > 0.0 and grad[1].item() > 0.0
 

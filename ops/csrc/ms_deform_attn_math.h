@@ -2,9 +2,12 @@
 //
 // A sample is one sampling point of one query, head and level. Its location (x, y) in [0, 1] maps to
 // the pixel coordinate (w_im, h_im) = (x * W - 0.5, y * H - 0.5) (pixel centres at integer + 0.5, the
-// convention of grid_sample with align_corners=False). The value is bilinearly interpolated from the four
-// surrounding pixels; a corner outside the image reads as zero, and a sample with h_im <= -1, h_im >= H,
-// w_im <= -1 or w_im >= W is dropped altogether (the authors' kernel does the same).
+// convention of grid_sample with align_corners=False), computed with exactly grid_sample's float
+// operations so that a sample lying on a pixel boundary falls on the same side as in the pure-PyTorch
+// reference (which the authors' model was validated with). The value is bilinearly interpolated from the
+// four surrounding pixels; a corner outside the image reads as zero, and a sample with h_im < -1, h_im >= H,
+// w_im < -1 or w_im >= W has no corner inside and is dropped. (The authors' CUDA kernel also drops
+// h_im == -1, where grid_sample keeps a zero value with a one-sided location gradient; we follow grid_sample.)
 //
 // Everything a channel loop needs is computed once per sample into `Corners`: the four corner offsets
 // (in elements of the flattened value) and, per corner, the bilinear weight and its derivatives with
@@ -14,6 +17,7 @@
 
 #include <c10/macros/Macros.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace deformable_detr_ops {
@@ -26,7 +30,7 @@ struct Corners {
   acc_t d_weight_dh[4];  // d weight / d h_im
 };
 
-// floor() for values > -1 that converts to an integer, the same on host and device without math headers.
+// floor() for values >= -1 that converts to an integer, the same on host and device without math headers.
 C10_HOST_DEVICE inline int64_t floor_to_int(double coordinate) {
   const int64_t truncated = static_cast<int64_t>(coordinate);
   return coordinate < static_cast<double>(truncated) ? truncated - 1 : truncated;
@@ -37,15 +41,53 @@ C10_HOST_DEVICE inline int64_t floor_to_int(float coordinate) {
   return coordinate < static_cast<float>(truncated) ? truncated - 1 : truncated;
 }
 
+// a * b + c with one rounding.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t fused_multiply_add(acc_t a, acc_t b, acc_t c) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(acc_t) == sizeof(float)) {
+    return __fmaf_rn(a, b, c);
+  } else {
+    return __fma_rn(a, b, c);
+  }
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+// a + b with its own rounding (never contracted into a multiply-add by nvcc).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t add_rounded(acc_t a, acc_t b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(acc_t) == sizeof(float)) {
+    return __fadd_rn(a, b);
+  } else {
+    return __dadd_rn(a, b);
+  }
+#else
+  return a + b;
+#endif
+}
+
+// grid_sample's pixel coordinate of a location in [0, 1] on a side of `size` pixels, with the roundings of
+// the reference: the grid value g = 2 * location - 1 (two PyTorch operations), then grid_sample's
+// unnormalisation (g + 1) * (size / 2) - 0.5, whose multiply-subtract ATen's vectorised CPU kernel fuses.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t pixel_coordinate(acc_t location, int64_t size) {
+  const acc_t grid = add_rounded(location * static_cast<acc_t>(2), static_cast<acc_t>(-1));  // 2x is exact
+  const acc_t half_size = static_cast<acc_t>(size) / static_cast<acc_t>(2);
+  return fused_multiply_add(add_rounded(grid, static_cast<acc_t>(1)), half_size, static_cast<acc_t>(-0.5));
+}
+
 // Fills `corners` for a sample at (x, y) on a level of `height` x `width` pixels whose pixel (h, w) starts
 // at element (h * width + w) * pixel_stride. Returns false when the sample is dropped (all weights zero).
 template <typename acc_t>
 C10_HOST_DEVICE inline bool bilinear_corners(
     acc_t x, acc_t y, int64_t height, int64_t width, int64_t pixel_stride, Corners<acc_t>& corners) {
-  const acc_t h_im = y * static_cast<acc_t>(height) - static_cast<acc_t>(0.5);
-  const acc_t w_im = x * static_cast<acc_t>(width) - static_cast<acc_t>(0.5);
+  const acc_t h_im = pixel_coordinate(y, height);
+  const acc_t w_im = pixel_coordinate(x, width);
   // Negated comparisons so that NaN locations are dropped too.
-  if (!(h_im > static_cast<acc_t>(-1) && w_im > static_cast<acc_t>(-1) &&
+  if (!(h_im >= static_cast<acc_t>(-1) && w_im >= static_cast<acc_t>(-1) &&
         h_im < static_cast<acc_t>(height) && w_im < static_cast<acc_t>(width))) {
     return false;
   }
