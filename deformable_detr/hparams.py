@@ -1,8 +1,9 @@
 """The model and loss settings of Deformable DETR, validated in one place.
 
 `ModelConfig.from_hparams(mapping)` reads an experiment's `hyperparameters` mapping (the names Determined's
-configs use, which are the authors' command-line names). Keys owned by the trial (optimisation, data, run
-control) are listed in `TRIAL_KEYS` and ignored here; any other unknown key is an error.
+configs use, which are the authors' command-line names). Keys owned by the trial (optimisation and schedule,
+`deformable_detr.optim.OptimizationSettings`) are listed in `TRIAL_KEYS` and ignored here; any other unknown key
+is an error: data and run settings belong in the config's `data:` section, not among the hyperparameters.
 """
 
 import dataclasses
@@ -20,27 +21,12 @@ TRIAL_KEYS: frozenset[str] = frozenset(
         "lr_linear_proj_names",
         "lr_linear_proj_mult",
         "weight_decay",
-        "lr_drop",
-        "lr_drop_epochs",
-        "clip_max_norm",
         "sgd",
+        "lr_drop",
+        "clip_max_norm",
         "global_batch_size",
-        "batch_size",
         "epochs",
         "amp",
-        "seed",
-        "warmstart",
-        "pretrained",
-        "frozen_weights",
-        "dataset_file",
-        "backend",
-        "data_dir",
-        "coco_path",
-        "num_workers",
-        "cache_mode",
-        "fake_data",
-        "remove_difficult",
-        "eval_batch_size",
     }
 )
 

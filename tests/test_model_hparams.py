@@ -32,7 +32,7 @@ def test_whole_experiment_config_is_accepted_and_trial_keys_ignored() -> None:
     config = ModelConfig.from_hparams(WHOLE_CONFIG)
     assert config.pretrained_backbone is True
     assert config.set_cost_bbox == 5.0 and isinstance(config.set_cost_bbox, float)
-    assert {"lr", "weight_decay", "clip_max_norm", "global_batch_size", "warmstart"} <= TRIAL_KEYS
+    assert {"lr", "weight_decay", "clip_max_norm", "global_batch_size", "epochs", "amp"} <= TRIAL_KEYS
 
 
 @pytest.mark.parametrize(
