@@ -31,8 +31,10 @@ VAL_ID_OFFSET = 1_000_000  # keeps train and val image ids apart, as in COCO
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """A smooth random colour field (a coarse grid upsampled) plus pixel noise."""
-    coarse = rng.integers(0, 256, (rng.integers(2, 9), rng.integers(2, 9), 3), dtype=np.uint8)
+    """A smooth random colour field (a coarse grid upsampled) plus pixel noise; its colours vary within
+    a band around a random base colour, so that objects of any colour can still stand out."""
+    base = rng.integers(50, 206, 3)
+    coarse = np.clip(base + rng.integers(-50, 51, (rng.integers(2, 9), rng.integers(2, 9), 3)), 0, 255).astype(np.uint8)
     field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR), dtype=np.int16)
     noise = rng.normal(0.0, rng.uniform(4.0, 20.0), (size, size, 3)).astype(np.int16)
     return Image.fromarray(np.clip(field + noise, 0, 255).astype(np.uint8))
