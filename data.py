@@ -15,7 +15,6 @@ from deformable_detr.data.coco import CocoDetection, LocalImageStore, load_coco
 from deformable_detr.data.config import IMAGE_SETS, DataConfig, default_annotations_dir, parse_data_config
 from deformable_detr.data.download import ensure_coco
 from deformable_detr.data.fake import FakeCocoDetection
-from deformable_detr.data.gcs import GcsImageStore
 from deformable_detr.data.seeding import make_generator, seed_worker
 from deformable_detr.data.transforms import make_transforms
 
@@ -48,6 +47,9 @@ def build_dataset(image_set: str, config: dict[str, Any]) -> Dataset:
         ensure_coco(settings.data_dir, annotations, image_set, settings.download, settings.download_url)
         store = LocalImageStore(settings.data_dir)
     else:
+        # Imported here: google-cloud-storage is slow to import and only this backend needs it.
+        from deformable_detr.data.gcs import GcsImageStore
+
         store = GcsImageStore(settings.data_dir, settings.retry_timeout_s, settings.retry_initial_backoff_s)
         store.cache_file(f"annotations/instances_{image_set}2017.json", annotations)
     return CocoDetection(store, f"{image_set}2017", load_coco(annotations), transforms, settings.cat_ids)

@@ -30,6 +30,7 @@ from deformable_detr.determined_compat import (
 )
 from deformable_detr.progress import ProgressLogger
 from deformable_detr.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset
+from deformable_detr.warm_start import load_pretrained
 
 logger = logging.getLogger("deformable_detr")
 
@@ -67,7 +68,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
 
         model, criterion, postprocessors = detr_model.build_model(hparams)
         if self.run.warm_start:
-            detr_model.load_pretrained(model, self.run.resolve_warm_start(), logger)
+            load_pretrained(model, self.run.resolve_warm_start(), logger)
         self.scaler = None
         if self.settings.amp == "fp16":
             self.scaler = context.wrap_scaler(torch.amp.GradScaler(context.device.type))

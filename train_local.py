@@ -31,6 +31,7 @@ from predict import read_image
 DEFAULT_CONFIG = "cpu_synthetic.yaml"
 DEFAULT_OUTPUT = os.path.join("outputs", "train")
 SHOWN_IMAGES = 6
+SHOWN_SCORE = 0.3  # lowest score drawn in predictions.png
 
 
 def ensure_dataset(data_dir: str, train_images: int, val_images: int, image_size: int) -> None:
@@ -51,8 +52,10 @@ def latest_checkpoint(checkpoint_dir: str) -> str:
 
 
 @torch.inference_mode()
-def draw_predictions(checkpoint: str, data_dir: str, path: str, count: int = SHOWN_IMAGES) -> None:
-    """Validation images with their ground truth beside the model's detections (score >= 0.5)."""
+def draw_predictions(
+    checkpoint: str, data_dir: str, path: str, count: int = SHOWN_IMAGES, min_score: float = SHOWN_SCORE
+) -> None:
+    """Validation images with their ground truth beside the model's detections (score >= min_score)."""
     model, postprocessors, info = load_for_inference(checkpoint)
     coco = load_coco(os.path.join(data_dir, "annotations", "instances_val2017.json"))
     names = {cat["id"]: cat["name"] for cat in coco.loadCats(coco.getCatIds())}
@@ -64,7 +67,7 @@ def draw_predictions(checkpoint: str, data_dir: str, path: str, count: int = SHO
         truth = draw_boxes(image, truth_boxes.reshape(-1, 4), [a["category_id"] for a in annotations], names)
         outputs = model(prepare_image(image, info["image_scale"])[None])
         found = postprocessors["bbox"](outputs, torch.tensor([image.shape[-2:]]))[0]
-        keep = found["scores"] >= 0.5
+        keep = found["scores"] >= min_score
         labels = found["labels"][keep].tolist()
         if info["label_to_cat_id"] is not None:
             labels = [info["label_to_cat_id"][label] for label in labels]
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> float:
     final_map = validations[-1]["mAP"]
     print(f"wall time: {time.monotonic() - start:.0f} s (including the set-up of this run)")
     print(f"curves: {os.path.join(args.output, 'curves.png')}")
-    print(f"predictions: {os.path.join(args.output, 'predictions.png')}")
+    print(f"predictions: {os.path.join(args.output, 'predictions.png')} (detections scoring >= {SHOWN_SCORE})")
     print(f"checkpoint: {checkpoint}")
     print(f"final bbox mAP: {final_map:.4f}")
     return final_map

@@ -151,3 +151,33 @@ def test_bf16_autocast_trains_with_finite_losses(tmp_path):
                 "--max-batches", "2"])
     (train,) = [r for r in read_metrics(metrics_file) if r["kind"] == "train"]
     assert all(torch.isfinite(torch.tensor(train[name])) for name in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
+
+
+def test_fine_tuning_a_category_subset_from_released_weights(tmp_path, synthetic_coco):
+    """The finetune.yaml path: weights in the authors' file format (5 classes) warm-start a model for a
+    subset of two categories; the class heads start fresh, and evaluation maps labels 0..1 back to the
+    subset's category ids."""
+    import argparse
+
+    import model as detr_model
+
+    released, _, _ = detr_model.build_model({**TINY_MODEL, "num_classes": 5})
+    weights_file = str(tmp_path / "released.pth")
+    torch.save({"model": released.state_dict(), "args": argparse.Namespace(num_classes=5, backbone="resnet18")},
+               weights_file)
+    data = {"backend": "local", "data_dir": synthetic_coco, "download": False, "image_scale": 0.2,
+            "num_workers": 0, "cat_ids": [2, 4],
+            "trainer": {**PERIODS, "warm_start": weights_file}}
+    config = write_config(str(tmp_path / "c.yaml"), data, {"global_batch_size": 2, "num_classes": 2})
+    metrics_file = str(tmp_path / "m.jsonl")
+    output = run_script([config, "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", metrics_file,
+                         "--max-batches", "2"])
+    assert "class_embed" in output and "fresh" in output.lower()  # the log says the heads start fresh
+    (validation,) = [r for r in read_metrics(metrics_file) if r["kind"] == "validation"]
+    assert set(METRIC_NAMES) <= set(validation)
+    import json
+
+    with open(os.path.join(checkpoints(str(tmp_path / "ckpt"))[2], "deformable_detr.json")) as f:
+        metadata = json.load(f)
+    assert metadata["label_to_cat_id"] == [2, 4]
+    assert metadata["category_names"]["2"] == "ellipse" and metadata["category_names"]["4"] == "cross"
