@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._build import ensure_loaded
+from ._build import ensure_loaded, requested_impl
 
 
 class MSDeformAttn(nn.Module):
@@ -86,7 +86,7 @@ class MSDeformAttn(nn.Module):
         Returns:
             [N, Lq, C]
         """
-        from . import ms_deform_attn  # the package picks the compiled kernel or the reference
+        from . import ms_deform_attn, ms_deform_attn_reference
 
         if query.dim() != 3 or query.shape[-1] != self.d_model:
             raise ValueError(f"MSDeformAttn: query must be [N, Lq, {self.d_model}], got {list(query.shape)}")
@@ -122,5 +122,10 @@ class MSDeformAttn(nn.Module):
                 reference_points[:, :, None, :, None, :2]
                 + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
             )
-        output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        # On a GPU the layer runs the compiled kernel, like the authors'. On the CPU, where the authors' layer
+        # runs their pure-PyTorch attention, it computes exactly that (so their numbers reproduce bit for bit),
+        # unless DDETR_MSDA_IMPL=kernel asks for the faster CPU kernel; the two agree to float rounding.
+        use_kernel = value.is_cuda or requested_impl() == "kernel"
+        attend = ms_deform_attn if use_kernel else ms_deform_attn_reference
+        output = attend(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(output)

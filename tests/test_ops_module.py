@@ -134,11 +134,13 @@ def test_kernel_and_reference_give_the_same_layer_output_and_gradients(
         output.pow(2).sum().backward()
         return [output.detach()] + [parameter.grad.clone() for parameter in layer.parameters()]
 
+    monkeypatch.setenv(ops._build.IMPL_ENV, "kernel")  # the layer uses the CPU kernel only when asked
     with_kernel = output_and_grads()
-    monkeypatch.setattr(ops._build.STATE, "loaded", False)  # the package now takes the reference path
+    monkeypatch.setenv(ops._build.IMPL_ENV, "auto")  # by default it computes the reference on the CPU
     with_reference = output_and_grads()
     for kernel_result, reference_result in zip(with_kernel, with_reference):
         torch.testing.assert_close(kernel_result, reference_result, atol=1e-10, rtol=1e-10)
+    assert not all(torch.equal(a, b) for a, b in zip(with_kernel, with_reference)), "both runs took one path"
 
 
 def test_wrong_query_width_is_reported() -> None:
