@@ -1,7 +1,7 @@
 """Data entry point: `build_dataset`, `collate_fn` and worker seeding for the trial.
 
 The settings come from the experiment config's `data:` section (`context.get_data_config()`); see
-docs/data.md for the keys, the layout of each backend and the item format.
+the README (section "Data") for the keys, the layout of each backend and the item format.
 """
 
 import os

@@ -82,7 +82,7 @@ def decode(data: bytes, location: str, image_id: int) -> torch.Tensor:
 
 
 class CocoDetection(Dataset):
-    """Items are (image float32 [3, H, W], target) as documented in docs/data.md.
+    """Items are (image float32 [3, H, W], target) as documented in the README (section "Data").
 
     Attributes:
         coco: the pycocotools COCO of the items (restricted to `cat_ids` when given).

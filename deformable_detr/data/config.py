@@ -11,7 +11,7 @@ DEFAULT_DOWNLOAD_URL = "http://images.cocodataset.org"
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Every key of the `data:` section, with its default; see docs/data.md for their meaning."""
+    """Every key of the `data:` section, with its default; see the README (section "Data") for their meaning."""
 
     backend: str
     data_dir: Optional[str] = None
