@@ -1,6 +1,6 @@
 """COCO annotation records -> the target dict the transforms expect, as the authors prepare them."""
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -14,7 +14,7 @@ def coco_to_target(
     image_id: int,
     height: int,
     width: int,
-    cat_id_to_label: Optional[dict[int, int]] = None,
+    cat_id_to_label: dict[int, int] | None = None,
 ) -> Target:
     """Build the target of one image.
 

@@ -3,7 +3,8 @@
 import contextlib
 import io
 import os
-from typing import Optional, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Sequence
 
 import torch
 from pycocotools.coco import COCO
@@ -95,15 +96,15 @@ class CocoDetection(Dataset):
         image_folder: str,
         coco: COCO,
         transforms: Transform,
-        cat_ids: Optional[Sequence[int]] = None,
+        cat_ids: Sequence[int] | None = None,
     ) -> None:
         self.store = store
         self.image_folder = image_folder
         self.transforms = transforms
         if cat_ids is not None:
             coco = restrict_to_categories(coco, cat_ids)
-            self.label_to_cat_id: Optional[list[int]] = list(cat_ids)
-            self.cat_id_to_label: Optional[dict[int, int]] = {c: label for label, c in enumerate(cat_ids)}
+            self.label_to_cat_id: list[int] | None = list(cat_ids)
+            self.cat_id_to_label: dict[int, int] | None = {c: label for label, c in enumerate(cat_ids)}
         else:
             self.label_to_cat_id = None
             self.cat_id_to_label = None

@@ -2,7 +2,7 @@
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 BACKENDS = ("gcs", "local", "fake")
 IMAGE_SETS = ("train", "val")
@@ -14,13 +14,13 @@ class DataConfig:
     """Every key of the `data:` section, with its default; see the README (section "Data") for their meaning."""
 
     backend: str
-    data_dir: Optional[str] = None
-    annotations_dir: Optional[str] = None
+    data_dir: str | None = None
+    annotations_dir: str | None = None
     download: bool = True
     download_url: str = DEFAULT_DOWNLOAD_URL
     num_workers: int = 4
     fake_length: int = 1000
-    cat_ids: Optional[tuple[int, ...]] = None
+    cat_ids: tuple[int, ...] | None = None
     image_scale: float = 1.0
     retry_timeout_s: float = 120.0
     retry_initial_backoff_s: float = 1.0

@@ -3,7 +3,8 @@
 import contextlib
 import io
 from functools import cached_property
-from typing import Any, Optional, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 from pycocotools.coco import COCO
@@ -32,7 +33,7 @@ class FakeCocoDetection(Dataset):
         length: int,
         transforms: Transform,
         image_scale: float = 1.0,
-        cat_ids: Optional[Sequence[int]] = None,
+        cat_ids: Sequence[int] | None = None,
         seed: int = 0,
     ) -> None:
         self.length = length
@@ -43,7 +44,7 @@ class FakeCocoDetection(Dataset):
         self.max_side = max(self.min_side, min(round(MAX_SIDE * image_scale), self.height, self.width))
         self.seed = seed
         self.cat_ids = tuple(cat_ids) if cat_ids is not None else COCO_CAT_IDS
-        self.label_to_cat_id: Optional[list[int]] = list(cat_ids) if cat_ids is not None else None
+        self.label_to_cat_id: list[int] | None = list(cat_ids) if cat_ids is not None else None
         self.cat_id_to_label = {c: label for label, c in enumerate(cat_ids)} if cat_ids is not None else None
 
     def __len__(self) -> int:

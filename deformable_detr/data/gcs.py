@@ -3,7 +3,7 @@
 import logging
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 from filelock import FileLock
 from google.api_core import exceptions as api_exceptions
@@ -40,8 +40,8 @@ class GcsImageStore:
         self.retry = DEFAULT_RETRY.with_timeout(retry_timeout_s).with_delay(
             initial=initial_backoff_s, maximum=max(initial_backoff_s, 32.0), multiplier=2.0
         )
-        self._bucket: Optional[storage.Bucket] = None
-        self._pid: Optional[int] = None
+        self._bucket: storage.Bucket | None = None
+        self._pid: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

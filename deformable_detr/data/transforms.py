@@ -5,7 +5,7 @@ them into normalised (cx, cy, w, h). Randomness comes from torch's global genera
 per worker, so a run is reproducible for a given seed.
 """
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -28,7 +28,7 @@ PER_BOX_FIELDS = ("boxes", "labels", "area", "iscrowd")
 
 
 def get_size_with_aspect_ratio(
-    image_size: tuple[int, int], size: int, max_size: Optional[int] = None
+    image_size: tuple[int, int], size: int, max_size: int | None = None
 ) -> tuple[int, int]:
     """Output (h, w) for a shorter side of `size` and a longer side of at most `max_size`.
 
@@ -64,7 +64,7 @@ def hflip(image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
 
 
 def resize(
-    image: torch.Tensor, target: Target, size: int, max_size: Optional[int] = None
+    image: torch.Tensor, target: Target, size: int, max_size: int | None = None
 ) -> tuple[torch.Tensor, Target]:
     """Resize the shorter side to `size` (longer at most `max_size`); boxes and areas scale with the image."""
     old_height, old_width = image.shape[-2:]
@@ -127,7 +127,7 @@ class RandomHorizontalFlip:
 class RandomResize:
     """Resize the shorter side to one of `sizes`, chosen uniformly."""
 
-    def __init__(self, sizes: Sequence[int], max_size: Optional[int] = None) -> None:
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
         self.sizes = list(sizes)
         self.max_size = max_size
 
