@@ -14,6 +14,7 @@ from .coco_categories import COCO_CATEGORY_NAMES
 from .data.transforms import make_transforms
 from .determined_compat import allow_determined_rng_state
 from .hparams import ModelConfig
+from .warm_start import read_released_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +65,11 @@ def load_for_inference(checkpoint: str, device: str | torch.device = "cpu") -> t
         cat_names = {int(cat_id): name for cat_id, name in metadata["category_names"].items()}
         image_scale = float(metadata["data"].get("image_scale", 1.0))
     elif os.path.isfile(checkpoint):
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "model" not in state or "args" not in state:
-            raise CheckpointMismatchError(f"{checkpoint} is not a released Deformable DETR checkpoint (no model/args)")
-        fields = {field for field in ModelConfig.__dataclass_fields__}
-        hparams = {key: value for key, value in vars(state["args"]).items() if key in fields}
-        weights = state["model"]
+        weights, args = read_released_checkpoint(checkpoint)
+        if not isinstance(args, argparse.Namespace):
+            raise CheckpointMismatchError(f"{checkpoint} has no 'args': its model settings are unknown")
+        fields = set(ModelConfig.__dataclass_fields__)
+        hparams = {key: value for key, value in vars(args).items() if key in fields}
         label_to_cat_id, cat_names, image_scale = None, COCO_CATEGORY_NAMES, 1.0
     else:
         raise FileNotFoundError(f"no checkpoint at {checkpoint!r}")

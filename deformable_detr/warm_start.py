@@ -17,8 +17,11 @@ CLASS_HEAD_PREFIXES = ("class_embed.", "transformer.decoder.class_embed.")
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-def read_checkpoint(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, torch.Tensor]:
-    """The state_dict under "model" of a checkpoint file, loaded with weights_only=True."""
+def read_released_checkpoint(
+    path_or_file: str | os.PathLike | BinaryIO,
+) -> tuple[dict[str, torch.Tensor], argparse.Namespace | None]:
+    """The state_dict under "model" of a checkpoint file and its "args" (None when absent), loaded with
+    weights_only=True."""
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         checkpoint = torch.load(path_or_file, map_location="cpu", weights_only=True)
     if isinstance(checkpoint, dict) and "model" in checkpoint:
@@ -33,7 +36,12 @@ def read_checkpoint(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, tor
         raise ValueError(
             f"warm start: 'model' in {_describe(path_or_file)} is a {type(state_dict).__name__}, not a state_dict"
         )
-    return state_dict
+    return state_dict, checkpoint.get("args")
+
+
+def read_checkpoint(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, torch.Tensor]:
+    """The state_dict under "model" of a checkpoint file, loaded with weights_only=True."""
+    return read_released_checkpoint(path_or_file)[0]
 
 
 def load_pretrained(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO,

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 namespace deformable_detr_ops {
 
 // Sizes of one call, read from the tensors' shapes.
@@ -83,6 +85,15 @@ inline void check_grad_output(const at::Tensor& grad_output, const at::Tensor& v
       grad_output.scalar_type() == value.scalar_type() && grad_output.device() == value.device(),
       "ms_deform_attn_backward: grad_output must match value's dtype and device, got ", grad_output.scalar_type(),
       " on ", grad_output.device(), " for ", value.scalar_type(), " on ", value.device());
+}
+
+// The gradients, accumulated in the op-math type, returned in the inputs' dtype.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> gradients_in_dtype(
+    const at::Tensor& grad_value,
+    const at::Tensor& grad_locations,
+    const at::Tensor& grad_weights,
+    at::ScalarType dtype) {
+  return {grad_value.to(dtype), grad_locations.to(dtype), grad_weights.to(dtype)};
 }
 
 }  // namespace deformable_detr_ops

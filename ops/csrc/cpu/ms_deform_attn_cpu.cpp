@@ -200,10 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
       }
     });
   });
-  return {
-      grad_value.to(value.scalar_type()),
-      grad_locations.to(value.scalar_type()),
-      grad_weights.to(value.scalar_type())};
+  return gradients_in_dtype(grad_value, grad_locations, grad_weights, value.scalar_type());
 }
 
 }  // namespace

@@ -217,10 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {
-      grad_value.to(value.scalar_type()),
-      grad_locations.to(value.scalar_type()),
-      grad_weights.to(value.scalar_type())};
+  return gradients_in_dtype(grad_value, grad_locations, grad_weights, value.scalar_type());
 }
 
 }  // namespace
