@@ -37,7 +37,7 @@ def build_dataset(image_set: str, config: dict[str, Any]) -> Dataset:
     if image_set not in IMAGE_SETS:
         raise ValueError(f"image_set must be one of {IMAGE_SETS}, got {image_set!r}")
     settings = parse_data_config(config)
-    transforms = make_transforms(image_set, settings.image_scale)
+    transforms = make_transforms(image_set, settings.image_scale, settings.augmentation)
     if settings.backend == "fake":
         return FakeCocoDetection(
             settings.fake_length, transforms, settings.image_scale, settings.cat_ids, seed=FAKE_SEEDS[image_set]

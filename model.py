@@ -33,4 +33,5 @@ def build_model(hparams: Mapping[str, Any]) -> tuple[DeformableDETR, SetCriterio
     keys (deformable_detr.hparams.TRIAL_KEYS) are ignored.
     """
     config = ModelConfig.from_hparams(hparams)
-    return build_detector(config), build_criterion(config), {"bbox": PostProcess()}
+    postprocess = PostProcess(nms_iou_threshold=config.nms_iou_threshold)
+    return build_detector(config), build_criterion(config), {"bbox": postprocess}

@@ -1,4 +1,4 @@
-"""ResNet backbone with frozen batch norm, returning feature maps with their padding masks and positions."""
+"""ResNet backbone (frozen or trained batch norm), returning feature maps with their padding masks and positions."""
 
 import torch
 import torchvision
@@ -9,6 +9,9 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from .hparams import ModelConfig
 from .position_encoding import build_position_encoding
+
+# ResNet stages from the top; the first `trainable_backbone_layers` of them train.
+_STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 # Output channels of layer2, layer3, layer4: basic blocks (ResNet-18/34) and bottlenecks (ResNet-50/101).
 _CHANNELS = {
@@ -27,22 +30,25 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class Backbone(nn.Module):
-    """A torchvision ResNet with FrozenBatchNorm2d, giving layer2-4 (multi-scale) or only layer4.
+    """A torchvision ResNet giving layer2-4 (multi-scale) or only layer4.
 
     Args:
-        resnet: the torchvision ResNet (its norm layers FrozenBatchNorm2d).
+        resnet: the torchvision ResNet (FrozenBatchNorm2d or BatchNorm2d norm layers).
         num_channels: channels of layer2, layer3, layer4.
-        train_backbone: when False every parameter is frozen; when True, conv1 and layer1 still are.
+        trainable_layers: how many stages train, from the top (_STAGES_TOP_DOWN): 0 freezes the backbone,
+            3 trains layer2-4 as the authors do, 5 trains everything (the stem's conv1 with its bn1).
         return_interm_layers: return layer2-4 (strides 8, 16, 32) instead of layer4 alone.
         dilation: layer4 is dilated (stride 16 instead of 32).
     """
 
-    def __init__(self, resnet: nn.Module, num_channels: tuple[int, int, int], train_backbone: bool,
+    def __init__(self, resnet: nn.Module, num_channels: tuple[int, int, int], trainable_layers: int,
                  return_interm_layers: bool, dilation: bool):
         super().__init__()
+        stages = _STAGES_TOP_DOWN[:trainable_layers]
+        if "conv1" in stages:
+            stages += ("bn1",)
         for name, parameter in resnet.named_parameters():
-            trainable = train_backbone and any(layer in name for layer in ("layer2", "layer3", "layer4"))
-            parameter.requires_grad_(trainable)
+            parameter.requires_grad_(name.split(".")[0] in stages)
         if return_interm_layers:
             return_layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
             self.strides = [8, 16, 32]
@@ -82,12 +88,12 @@ def build_backbone(config: ModelConfig) -> Joiner:
         config.backbone,
         weights=weights,
         replace_stride_with_dilation=[False, False, config.dilation],
-        norm_layer=FrozenBatchNorm2d,
+        norm_layer=FrozenBatchNorm2d if config.backbone_norm == "frozen_batch_norm" else nn.BatchNorm2d,
     )
     backbone = Backbone(
         resnet,
         _CHANNELS[config.backbone],
-        train_backbone=config.train_backbone,
+        trainable_layers=config.trainable_backbone_layers if config.train_backbone else 0,
         return_interm_layers=config.num_feature_levels > 1,
         dilation=config.dilation,
     )

@@ -36,6 +36,7 @@ SEGMENTATION_KEYS: frozenset[str] = frozenset({"masks", "mask_loss_coef", "dice_
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 POSITION_EMBEDDINGS = ("sine", "v2", "learned", "v3")
+BACKBONE_NORMS = ("frozen_batch_norm", "batch_norm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +51,13 @@ class ModelConfig:
     aux_loss: losses on every decoder layer. with_box_refine: iterative box refinement.
     two_stage: encoder proposals select the queries (requires with_box_refine).
     set_cost_*: Hungarian matching weights. *_loss_coef: loss weights. focal_alpha: focal loss alpha.
-    lr_backbone: the backbone's learning rate; 0 freezes it (layer2-4 train only when > 0).
+    lr_backbone: the backbone's learning rate; 0 freezes it.
+    trainable_backbone_layers: how many ResNet stages train when lr_backbone > 0, counted from the top:
+        3 = layer2-4 (the authors' choice for an ImageNet start), 4 adds layer1, 5 adds the stem (conv1).
+    backbone_norm: "frozen_batch_norm" (the authors': fixed statistics, right for pretrained weights) or
+        "batch_norm" (trained, batch statistics: what a backbone trained from scratch needs).
     num_classes: classifier outputs (91 = COCO category ids 1..90 plus the unused 0).
+    nms_iou_threshold: post-processing per-class NMS IoU; 1.0 (the authors') applies none.
     pretrained_backbone: start the ResNet from torchvision's ImageNet weights (downloads them).
     """
 
@@ -80,7 +86,10 @@ class ModelConfig:
     giou_loss_coef: float = 2.0
     focal_alpha: float = 0.25
     lr_backbone: float = 2e-5
+    trainable_backbone_layers: int = 3
+    backbone_norm: str = "frozen_batch_norm"
     num_classes: int = 91
+    nms_iou_threshold: float = 1.0
     pretrained_backbone: bool = False
 
     @classmethod
@@ -119,6 +128,12 @@ class ModelConfig:
                 f"hyperparameter 'position_embedding': {self.position_embedding!r} is not one of "
                 f"{', '.join(POSITION_EMBEDDINGS)}"
             )
+        if self.backbone_norm not in BACKBONE_NORMS:
+            raise ValueError(
+                f"hyperparameter 'backbone_norm': {self.backbone_norm!r} is not one of {', '.join(BACKBONE_NORMS)}"
+            )
+        _require("nms_iou_threshold", 0.0 < self.nms_iou_threshold <= 1.0, "must be in (0, 1]")
+        _require("trainable_backbone_layers", 0 <= self.trainable_backbone_layers <= 5, "must be in [0, 5]")
         _require("enc_layers", self.enc_layers >= 0, "must be >= 0")
         for name in ("dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries", "dec_n_points",
                      "enc_n_points", "num_classes"):

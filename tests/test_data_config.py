@@ -13,7 +13,7 @@ def test_defaults_are_filled_in():
     assert config == DataConfig(backend="local", data_dir="coco")
     assert config.download and config.download_url == "http://images.cocodataset.org"
     assert config.num_workers == 4 and config.fake_length == 1000 and config.image_scale == 1.0
-    assert config.cat_ids is None
+    assert config.cat_ids is None and config.augmentation == "detr"
 
 
 def test_cat_ids_and_numbers_are_normalised():
@@ -43,6 +43,8 @@ def test_cat_ids_and_numbers_are_normalised():
         ({"backend": "fake", "cat_ids": [0]}, "cat_ids"),
         ({"backend": "fake", "cat_ids": 3}, "cat_ids"),
         ({"backend": "fake", "retry_timeout_s": 0}, "retry_timeout_s"),
+        ({"backend": "fake", "augmentation": "mosaic"}, "augmentation"),
+        ({"backend": "fake", "augmentation": 1}, "augmentation"),
         ({"backend": "fake", "retry_initial_backoff_s": -1}, "retry_initial_backoff_s"),
     ],
 )

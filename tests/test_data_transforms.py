@@ -223,6 +223,31 @@ def test_image_scale_multiplies_every_size():
         assert out["boxes"].shape == (0, 4)
 
 
+def test_flip_augmentation_keeps_every_box_whole_at_the_validation_size():
+    image = torch.randint(0, 256, (3, HEIGHT, WIDTH), dtype=torch.uint8)
+    _, expected = make_transforms("val", image_scale=0.25)(image, fixed_target())
+    torch.manual_seed(0)
+    transform = make_transforms("train", image_scale=0.25, augmentation="flip")
+    mirrored = 0
+    for _ in range(20):
+        out_image, out = transform(image, fixed_target())
+        assert out["size"].tolist() == expected["size"].tolist() == list(out_image.shape[-2:])
+        assert torch.equal(out["labels"], expected["labels"]) and torch.equal(out["area"], expected["area"])
+        cx, cy, w, h = out["boxes"].unbind(-1)
+        ex, ey, ew, eh = expected["boxes"].unbind(-1)
+        torch.testing.assert_close(torch.stack([cy, w, h]), torch.stack([ey, ew, eh]))
+        if torch.allclose(cx, ex):
+            continue
+        torch.testing.assert_close(cx, 1 - ex)
+        mirrored += 1
+    assert 0 < mirrored < 20
+
+
+def test_unknown_augmentation_is_rejected():
+    with pytest.raises(ValueError, match="augmentation"):
+        make_transforms("train", augmentation="mosaic")
+
+
 def test_unknown_image_set_is_rejected():
     with pytest.raises(ValueError, match="image_set"):
         make_transforms("test")

@@ -56,6 +56,8 @@ def test_whole_experiment_config_is_accepted_and_trial_keys_ignored() -> None:
         ({"set_cost_class": 0, "set_cost_bbox": 0, "set_cost_giou": 0}, "cannot all be 0"),
         ({"two_stage": True}, "'two_stage' requires 'with_box_refine'"),
         ({"masks": True}, "'masks': segmentation is not supported"),
+        ({"backbone_norm": "group_norm"}, "'backbone_norm': 'group_norm' is not one of"),
+        ({"trainable_backbone_layers": 6}, "'trainable_backbone_layers' must be in"),
     ],
 )
 def test_bad_settings_raise_naming_the_key(hparams: dict, message: str) -> None:

@@ -85,6 +85,38 @@ def test_only_layer2_to_4_of_the_backbone_train_and_only_with_a_learning_rate(lr
 
 
 @pytest.mark.parametrize(
+    ("count", "trainable"),
+    [(0, set()), (1, {"layer4"}), (4, {"layer1", "layer2", "layer3", "layer4"}),
+     (5, {"conv1", "layer1", "layer2", "layer3", "layer4"})],  # frozen batch norm has no parameters
+)
+def test_trainable_backbone_layers_counts_stages_from_the_top(count: int, trainable: set) -> None:
+    detector, _, _ = model.build_model({**TINY, "lr_backbone": 1e-5, "trainable_backbone_layers": count})
+    layers = {name.split(".")[3] for name, p in detector.named_parameters()
+              if name.startswith("backbone.") and p.requires_grad}
+    assert layers == trainable
+
+
+def test_batch_norm_backbone_normalises_with_batch_statistics_and_updates_its_running_statistics() -> None:
+    detector, criterion, _ = model.build_model(
+        {**TINY, "lr_backbone": 1e-5, "backbone_norm": "batch_norm", "trainable_backbone_layers": 5}
+    )
+    norms = [m for m in detector.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in detector.backbone.modules())
+    before = norms[0].running_mean.clone()
+    detector.train()
+    losses = criterion(detector(_images()), TARGETS)
+    sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses).backward()
+    assert not torch.equal(norms[0].running_mean, before)
+    assert all(p.requires_grad and p.grad is not None for p in norms[0].parameters())
+    detector.eval()
+    same_size = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pair, alone = detector(same_size)["pred_logits"], detector(same_size[:1])["pred_logits"]
+    # In evaluation the running statistics are used: an image's output does not depend on its batch.
+    torch.testing.assert_close(pair[:1], alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
     "options",
     [{"num_feature_levels": 1}, {"position_embedding": "learned"}, {"backbone": "resnet34", "num_feature_levels": 5}],
     ids=["single-level", "learned-position", "resnet34-5-levels"],

@@ -4,6 +4,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .transforms import AUGMENTATIONS
+
 BACKENDS = ("gcs", "local", "fake")
 IMAGE_SETS = ("train", "val")
 DEFAULT_DOWNLOAD_URL = "http://images.cocodataset.org"
@@ -22,6 +24,7 @@ class DataConfig:
     fake_length: int = 1000
     cat_ids: tuple[int, ...] | None = None
     image_scale: float = 1.0
+    augmentation: str = "detr"
     retry_timeout_s: float = 120.0
     retry_initial_backoff_s: float = 1.0
 
@@ -37,6 +40,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "fake_length": ((int,), "an int"),
     "cat_ids": ((list, tuple), "a list of ints"),
     "image_scale": ((float, int), "a number"),
+    "augmentation": ((str,), "one of " + ", ".join(AUGMENTATIONS)),
     "retry_timeout_s": ((float, int), "a number"),
     "retry_initial_backoff_s": ((float, int), "a number"),
 }
@@ -76,6 +80,8 @@ def parse_data_config(config: dict[str, Any]) -> DataConfig:
     if backend == "gcs" and "/" in values["data_dir"]:
         raise ValueError(f"data.data_dir must be a bare bucket name for backend 'gcs', got {values['data_dir']!r}")
 
+    if values.get("augmentation", "detr") not in AUGMENTATIONS:
+        raise ValueError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)}, got {values['augmentation']!r}")
     if values.get("num_workers", 0) < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {values['num_workers']}")
     if values.get("fake_length", 1) < 1:

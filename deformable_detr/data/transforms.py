@@ -188,10 +188,23 @@ def _scaled(values: Sequence[int], image_scale: float) -> list[int]:
     return [int(round(value * image_scale)) for value in values]
 
 
-def make_transforms(image_set: str, image_scale: float = 1.0) -> Compose:
-    """The authors' train / val pipeline; every size is multiplied by `image_scale` and rounded."""
+# Training augmentations: the authors' (flip, multi-scale resize, random crop), or a flip before the
+# validation resize, which keeps every object whole and at the size it has in validation.
+AUGMENTATIONS = ("detr", "flip")
+
+
+def make_transforms(image_set: str, image_scale: float = 1.0, augmentation: str = "detr") -> Compose:
+    """The train / val pipeline; every size is the authors' multiplied by `image_scale` and rounded.
+
+    augmentation: the training augmentation (one of AUGMENTATIONS); validation ignores it.
+    """
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
     scales = _scaled(TRAIN_SCALES, image_scale)
     (max_size,) = _scaled([TRAIN_MAX_SIZE], image_scale)
+    val_resize = RandomResize(_scaled([VAL_SCALE], image_scale), max_size=max_size)
+    if image_set == "train" and augmentation == "flip":
+        return Compose([RandomHorizontalFlip(), val_resize, Normalize()])
     if image_set == "train":
         crop_min, crop_max = _scaled([CROP_MIN_SIZE, CROP_MAX_SIZE], image_scale)
         return Compose(
@@ -211,5 +224,5 @@ def make_transforms(image_set: str, image_scale: float = 1.0) -> Compose:
             ]
         )
     if image_set == "val":
-        return Compose([RandomResize(_scaled([VAL_SCALE], image_scale), max_size=max_size), Normalize()])
+        return Compose([val_resize, Normalize()])
     raise ValueError(f"image_set must be 'train' or 'val', got {image_set!r}")
