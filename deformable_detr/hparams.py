@@ -37,6 +37,8 @@ SEGMENTATION_KEYS: frozenset[str] = frozenset({"masks", "mask_loss_coef", "dice_
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 POSITION_EMBEDDINGS = ("sine", "v2", "learned", "v3")
 BACKBONE_NORMS = ("frozen_batch_norm", "batch_norm")
+# Settings that name one of a fixed set of choices.
+CHOICES = {"backbone": BACKBONES, "position_embedding": POSITION_EMBEDDINGS, "backbone_norm": BACKBONE_NORMS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,23 +117,17 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError for values out of range and for contradictory settings."""
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"hyperparameter 'backbone': {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"hyperparameter {name!r}: {getattr(self, name)!r} is not one of {', '.join(choices)}"
+                )
         if self.dilation and self.backbone in ("resnet18", "resnet34"):
             raise ValueError(f"hyperparameter 'dilation': {self.backbone} (basic blocks) cannot be dilated")
         if self.two_stage and not self.with_box_refine:
             # the authors' two-stage model scores proposals with the per-layer heads that only box
             # refinement creates (without it their code fails); their two-stage results use both
             raise ValueError("hyperparameter 'two_stage' requires 'with_box_refine': true")
-        if self.position_embedding not in POSITION_EMBEDDINGS:
-            raise ValueError(
-                f"hyperparameter 'position_embedding': {self.position_embedding!r} is not one of "
-                f"{', '.join(POSITION_EMBEDDINGS)}"
-            )
-        if self.backbone_norm not in BACKBONE_NORMS:
-            raise ValueError(
-                f"hyperparameter 'backbone_norm': {self.backbone_norm!r} is not one of {', '.join(BACKBONE_NORMS)}"
-            )
         _require("nms_iou_threshold", 0.0 < self.nms_iou_threshold <= 1.0, "must be in (0, 1]")
         _require("trainable_backbone_layers", 0 <= self.trainable_backbone_layers <= 5, "must be in [0, 5]")
         _require("enc_layers", self.enc_layers >= 0, "must be >= 0")

@@ -39,11 +39,6 @@ def read_released_checkpoint(
     return state_dict, checkpoint.get("args")
 
 
-def read_checkpoint(path_or_file: str | os.PathLike | BinaryIO) -> dict[str, torch.Tensor]:
-    """The state_dict under "model" of a checkpoint file, loaded with weights_only=True."""
-    return read_released_checkpoint(path_or_file)[0]
-
-
 def load_pretrained(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO,
                     log: logging.Logger | Callable[[str], None]) -> list[str]:
     """Load a released checkpoint into `model`.
@@ -61,7 +56,7 @@ def load_pretrained(model: nn.Module, path_or_file: str | os.PathLike | BinaryIO
         the checkpoint keys that were not loaded (the classification heads when num_classes differs).
     """
     info = log.info if isinstance(log, logging.Logger) else log
-    state_dict = read_checkpoint(path_or_file)
+    state_dict, _ = read_released_checkpoint(path_or_file)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

@@ -8,6 +8,8 @@ from .transforms import AUGMENTATIONS
 
 BACKENDS = ("gcs", "local", "fake")
 IMAGE_SETS = ("train", "val")
+# Keys whose value is one of a fixed set.
+_CHOICES = {"backend": BACKENDS, "augmentation": AUGMENTATIONS}
 DEFAULT_DOWNLOAD_URL = "http://images.cocodataset.org"
 
 
@@ -72,16 +74,15 @@ def parse_data_config(config: dict[str, Any]) -> DataConfig:
 
     if "backend" not in values:
         raise ValueError(f"data.backend is required (one of {', '.join(BACKENDS)})")
+    for key, choices in _CHOICES.items():
+        if key in values and values[key] not in choices:
+            raise ValueError(f"data.{key} must be one of {', '.join(choices)}, got {values[key]!r}")
     backend = values["backend"]
-    if backend not in BACKENDS:
-        raise ValueError(f"data.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in ("gcs", "local") and not values.get("data_dir"):
         raise ValueError(f"data.data_dir is required for backend {backend!r} (bucket name or folder)")
     if backend == "gcs" and "/" in values["data_dir"]:
         raise ValueError(f"data.data_dir must be a bare bucket name for backend 'gcs', got {values['data_dir']!r}")
 
-    if values.get("augmentation", "detr") not in AUGMENTATIONS:
-        raise ValueError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)}, got {values['augmentation']!r}")
     if values.get("num_workers", 0) < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {values['num_workers']}")
     if values.get("fake_length", 1) < 1:
