@@ -24,8 +24,12 @@ semantics:
 
 Errors read like the master's: ``<config>.searcher.max_trials: <message>``.
 
+The schemas are those of Determined 0.38.1 (:func:`find_schemas_dir`): ``$DET_SCHEMAS_DIR`` when set,
+else a per-user cache, which the first use fills by downloading the files from Determined's source at the
+``0.38.1`` tag, each checked against the SHA-256 in ``expconf_schemas.json`` next to this module.
+
 Command line: ``python -m deformable_detr.expconf config.yaml [...]`` prints every problem (errors and
-deprecated fields) and exits 1; it exits 2 when the schemas cannot be found.
+deprecated fields) and exits 1; it exits 2 when the schemas cannot be obtained.
 """
 
 from __future__ import annotations
@@ -33,11 +37,18 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import hashlib
+import http.client
 import json
+import logging
 import os
 import posixpath
+import shutil
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,12 +57,29 @@ import jsonschema
 import jsonschema.validators
 import referencing
 import yaml
+from filelock import FileLock
 from jsonschema.exceptions import ValidationError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_PREFIX = "http://determined.ai/schemas/expconf/v0/"
 EXPERIMENT_URL = SCHEMA_PREFIX + "experiment.json"
 SCHEMAS_DIR_ENV = "DET_SCHEMAS_DIR"
-_DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "determined-schemas"
+SCHEMAS_URL_ENV = "DET_SCHEMAS_URL"
+MANIFEST_PATH = Path(__file__).with_name("expconf_schemas.json")
+
+
+def _read_manifest() -> tuple[str, str, dict[str, str]]:
+    with MANIFEST_PATH.open() as f:
+        manifest = json.load(f)
+    return manifest["determined_version"], manifest["path"], manifest["sha256"]
+
+
+# The Determined release the schemas come from, their folder in its source tree, and file name -> SHA-256.
+SCHEMAS_VERSION, SCHEMAS_SOURCE_PATH, SCHEMA_SHA256 = _read_manifest()
+# Raw files of Determined's source at the release tag; $DET_SCHEMAS_URL replaces it (same layout below it).
+DEFAULT_SCHEMAS_URL = f"https://raw.githubusercontent.com/determined-ai/determined/{SCHEMAS_VERSION}"
+DOWNLOAD_TIMEOUT_S = 30.0
 
 # What a stock master.yaml contributes before completeness validation: the master merges its
 # cluster-wide checkpoint storage into every experiment that names none.
@@ -91,20 +119,129 @@ _EOL_SEARCHERS = ("sync_halving", "adaptive", "adaptive_simple", "custom")
 
 
 class SchemasNotFoundError(FileNotFoundError):
-    """The folder with Determined's expconf JSON schemas is missing."""
+    """Determined's expconf JSON schemas are neither in ``$DET_SCHEMAS_DIR``, nor cached, nor downloadable."""
+
+
+class SchemaChecksumError(ValueError):
+    """A downloaded or cached schema file whose SHA-256 is not the one in the shipped manifest."""
+
+
+def _expconf_folder(root: Path) -> Path:
+    """``<root>/expconf``, or ``<root>/expconf/v0`` as in Determined's source tree."""
+    nested = root / "expconf" / "v0"
+    return nested if nested.is_dir() else root / "expconf"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def schemas_cache_dir() -> Path:
+    """Where the downloaded schemas live: ``$XDG_CACHE_HOME`` (default ``~/.cache``), then
+    ``deformable_detr/determined-schemas-<version>``, holding ``expconf/*.json``."""
+    cache_root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache_root) / "deformable_detr" / f"determined-schemas-{SCHEMAS_VERSION}"
+
+
+def cached_schemas_dir() -> Path | None:
+    """The cache folder when it holds the schemas, None when nothing is cached yet.
+
+    The folder only ever appears complete (it is renamed into place after every file was verified),
+    so anything else in it means it was altered: that is an error, not a reason to download again.
+    """
+    root = schemas_cache_dir()
+    if not root.exists():
+        return None
+    folder = root / "expconf"
+    for name, expected in SCHEMA_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise SchemaChecksumError(
+                f"cached schema {path} is missing (expected sha256 {expected}); delete {root} to download again"
+            )
+        actual = _sha256(path.read_bytes())
+        if actual != expected:
+            raise SchemaChecksumError(
+                f"cached schema {path} has sha256 {actual}, expected {expected}; delete {root} to download again"
+            )
+    return root
+
+
+def _unavailable(reason: str) -> SchemasNotFoundError:
+    return SchemasNotFoundError(
+        f"Determined {SCHEMAS_VERSION}'s expconf schemas not found: ${SCHEMAS_DIR_ENV} is not set, "
+        f"they are not cached in {schemas_cache_dir()}, and downloading them failed: {reason}. "
+        f"Run once with network access to cache them, or set {SCHEMAS_DIR_ENV} to the schemas/ folder "
+        f"of a Determined {SCHEMAS_VERSION} source checkout."
+    )
+
+
+def _fetch(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            return response.read()
+    except urllib.error.HTTPError as err:
+        raise _unavailable(f"{url}: HTTP {err.code} {err.reason}") from err
+    except urllib.error.URLError as err:
+        raise _unavailable(f"{url}: {err.reason}") from err
+    except (OSError, http.client.HTTPException) as err:
+        raise _unavailable(f"{url}: {err!r}") from err
+
+
+def download_schemas() -> Path:
+    """Download every file of the manifest into :func:`schemas_cache_dir` and return that folder.
+
+    The files come from ``$DET_SCHEMAS_URL`` (default :data:`DEFAULT_SCHEMAS_URL`) followed by
+    ``schemas/expconf/v0/<name>``. They are written to a staging folder and checked against the
+    manifest; only a complete, verified set is renamed into place, under a file lock so that
+    concurrent first uses download once. A failure leaves the cache as it was.
+    """
+    base_url = (os.environ.get(SCHEMAS_URL_ENV) or DEFAULT_SCHEMAS_URL).rstrip("/")
+    root = schemas_cache_dir()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{root}.lock"):
+        cached = cached_schemas_dir()
+        if cached is not None:  # another process finished the download while this one waited
+            return cached
+        staging_prefix = f".{root.name}-"
+        for stale in root.parent.glob(staging_prefix + "*"):  # left by a process that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        logger.info("downloading Determined %s's expconf schemas from %s into %s", SCHEMAS_VERSION, base_url, root)
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix, dir=root.parent))
+        try:
+            folder = staging / "expconf"
+            folder.mkdir()
+            for name, expected in SCHEMA_SHA256.items():
+                url = f"{base_url}/{SCHEMAS_SOURCE_PATH}/{name}"
+                data = _fetch(url)
+                actual = _sha256(data)
+                if actual != expected:
+                    raise SchemaChecksumError(
+                        f"schema {name} downloaded from {url} has sha256 {actual}, expected {expected}"
+                    )
+                (folder / name).write_bytes(data)
+            os.replace(staging, root)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    return root
 
 
 def find_schemas_dir() -> Path:
-    """The schema folder: ``$DET_SCHEMAS_DIR``, else ``<repo>/../shared/determined-schemas``."""
+    """The folder holding ``expconf/*.json``: ``$DET_SCHEMAS_DIR`` as is, else the verified cache, else
+    the cache after :func:`download_schemas`."""
     configured = os.environ.get(SCHEMAS_DIR_ENV)
-    path = Path(configured) if configured else _DEFAULT_SCHEMAS_DIR
-    if not (path / "expconf").is_dir():
-        source = f"${SCHEMAS_DIR_ENV}" if configured else "the default location"
-        raise SchemasNotFoundError(
-            f"Determined's expconf schemas not found: {path / 'expconf'} (from {source}) does not exist; "
-            f"set {SCHEMAS_DIR_ENV} to a folder holding expconf/*.json"
-        )
-    return path
+    if configured:
+        path = Path(configured)
+        if not _expconf_folder(path).is_dir():
+            raise SchemasNotFoundError(
+                f"Determined's expconf schemas not found: {path / 'expconf'} (from ${SCHEMAS_DIR_ENV}) does not "
+                f"exist; set {SCHEMAS_DIR_ENV} to a folder holding expconf/*.json, such as the schemas/ folder "
+                f"of a Determined {SCHEMAS_VERSION} source checkout, or unset it to use the download cache"
+            )
+        return path
+    cached = cached_schemas_dir()
+    return cached if cached is not None else download_schemas()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -579,9 +716,10 @@ def _normalize_policies(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def load_schemas(schemas_dir: str | None = None) -> ExpconfSchemas:
-    """Read ``<schemas_dir>/expconf/*.json`` (default: :func:`find_schemas_dir`)."""
+    """Read ``<schemas_dir>/expconf/*.json`` or ``<schemas_dir>/expconf/v0/*.json``
+    (default: :func:`find_schemas_dir`)."""
     root = Path(schemas_dir) if schemas_dir is not None else find_schemas_dir()
-    folder = root / "expconf"
+    folder = _expconf_folder(root)
     if not folder.is_dir():
         raise SchemasNotFoundError(f"Determined's expconf schemas not found: {folder} does not exist")
     schemas: dict[str, Any] = {}
@@ -691,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         schemas = load_schemas()
-    except SchemasNotFoundError as err:
+    except (SchemasNotFoundError, SchemaChecksumError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     failed = False
@@ -716,4 +854,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # shows the one-time download
     sys.exit(main())
