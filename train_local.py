@@ -86,9 +86,6 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--image-size", type=int, default=256, help="side of the generated images")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    # The attention layers use the compiled CPU kernel (about 4x faster than the reference they use on
-    # the CPU by default, and equal to it up to float rounding).
-    os.environ.setdefault("DDETR_MSDA_IMPL", "kernel")
 
     with open(args.config) as f:
         data_dir = yaml.safe_load(f)["data"]["data_dir"]

@@ -45,7 +45,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, help="per-step batch (default: the config's global batch)")
     args = parser.parse_args()
-    os.environ.setdefault("DDETR_MSDA_IMPL", "kernel")  # the layers' CPU kernel, as the main job runs
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -132,7 +131,7 @@ def main() -> None:
 
     total = sum(totals[phase] for phase in PHASES)
     kernel = "compiled kernel" if __import__("ops").kernel_available() else "reference"
-    kernel += f" (DDETR_MSDA_IMPL={os.environ['DDETR_MSDA_IMPL']})"
+    kernel += f" (DDETR_MSDA_IMPL={os.environ.get('DDETR_MSDA_IMPL', 'auto')})"
     print(f"config {args.config} | device {device} | amp {args.amp} | batch {batch_size} | "
           f"{'fake' if args.fake else dataset_config['backend']} data | attention: {kernel} | threads {args.threads}")
     print(f"{counted} steps: {total / counted * 1000:.0f} ms/step, {counted * batch_size / total:.1f} images/s")

@@ -47,6 +47,10 @@ class SetCriterion(nn.Module):
         self.losses = tuple(losses)
         self.focal_alpha = focal_alpha
 
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The scalar to minimise: the sum of the weighted terms of `losses` (logging-only terms have no weight)."""
+        return sum(losses[name] * weight for name, weight in self.weight_dict.items() if name in losses)
+
     def loss_labels(self, outputs: dict, targets: list[dict], indices: Indices, num_boxes: float,
                     log: bool = True) -> dict[str, torch.Tensor]:
         """Sigmoid focal loss over all queries and classes; class_error (%) of the matched queries if log."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ops import MSDeformAttn
+from ops import MSDeformAttn, kernel_available
 
 from .box_ops import inverse_sigmoid
 from .hparams import ModelConfig
@@ -344,6 +344,9 @@ class DeformableTransformer(nn.Module):
 
 
 def build_deformable_transformer(config: ModelConfig) -> DeformableTransformer:
+    # Load (or build) the attention kernel here, not at the first forward, so that a model built before
+    # torch.compile traces the compiled op.
+    kernel_available()
     return DeformableTransformer(
         d_model=config.hidden_dim,
         nhead=config.nheads,

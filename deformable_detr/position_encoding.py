@@ -18,6 +18,8 @@ class PositionEmbeddingSine(nn.Module):
         scale: the normalised range (2 pi by default).
     """
 
+    eps = 1e-6  # keeps the division finite for an all-padding row or column
+
     def __init__(self, num_pos_feats: int = 64, temperature: float = 10000, normalize: bool = False,
                  scale: float | None = None):
         super().__init__()
@@ -35,9 +37,8 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             # Deformable DETR centres each position (the - 0.5) before dividing by the valid extent.
-            eps = 1e-6
-            y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + self.eps) * self.scale
+            x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + self.eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[:, :, :, None] / dim_t

@@ -5,8 +5,9 @@ ninja into a per-user cache, keyed by the sources, the torch version and whether
 file lock so that several processes on one node build once. With no C++ compiler or no ninja the package
 falls back to the pure-PyTorch reference and logs why, once; any other build failure raises.
 
-Environment:
-    DDETR_MSDA_IMPL: "auto" (default), "kernel" (fail if the kernel cannot be built) or "reference".
+Environment (read at each call, so it can be changed between calls):
+    DDETR_MSDA_IMPL: "auto" (default: the kernel wherever it builds), "kernel" (fail if the kernel cannot be
+        built) or "reference" (the authors' pure-PyTorch arithmetic, bit for bit; nothing is built).
     DDETR_MSDA_CACHE_DIR: where JIT builds go (default $XDG_CACHE_HOME or ~/.cache, then deformable_detr_ops).
 """
 
@@ -33,10 +34,11 @@ CXX_FLAGS = ["-O3", "-fopenmp-simd"]
 
 @dataclass
 class KernelState:
-    """What this process decided: `loaded` is None until the first attempt."""
+    """What this process found: `loaded` is None until the first attempt to load the kernel."""
 
     loaded: bool | None = None
-    origin: str = ""  # "installed", a build directory, or why the reference is used
+    origin: str = ""  # "installed", a build directory, or why the kernel cannot be built
+    reference_logged: bool = False
 
 
 STATE = KernelState()
@@ -151,14 +153,23 @@ def build_library(build_dir: Path, with_cuda: bool, verbose: bool = False) -> No
 
 
 def ensure_loaded() -> bool:
-    """Loads the kernel once per process; returns whether the compiled kernel is in use."""
-    if STATE.loaded is not None:
-        return STATE.loaded
+    """Whether calls use the compiled kernel now: False under DDETR_MSDA_IMPL=reference; otherwise loads the
+    kernel on the first call (or finds that it cannot be built here and says why, once)."""
     impl = requested_impl()
     if impl == "reference":
-        STATE.loaded, STATE.origin = False, f"{IMPL_ENV}=reference"
-        LOGGER.info("ms_deform_attn: using the pure-PyTorch reference (%s)", STATE.origin)
+        if not STATE.reference_logged:
+            LOGGER.info("ms_deform_attn: using the pure-PyTorch reference (%s=reference)", IMPL_ENV)
+            STATE.reference_logged = True
         return False
+    if STATE.loaded is None:
+        _load()
+    if impl == "kernel" and not STATE.loaded:
+        raise RuntimeError(f"ms_deform_attn: {IMPL_ENV}=kernel but the kernel cannot be built: {STATE.origin}")
+    return bool(STATE.loaded)
+
+
+def _load() -> None:
+    """Imports the installed module, or JIT-builds the kernel; records the outcome in STATE."""
     if importlib.util.find_spec(EXTENSION_NAME) is not None:
         # Installed by `pip install ./ops`; importing it registers the ops.
         importlib.import_module(EXTENSION_NAME)
@@ -166,14 +177,13 @@ def ensure_loaded() -> bool:
     else:
         missing = missing_toolchain()
         if missing is not None:
-            if impl == "kernel":
-                raise RuntimeError(f"ms_deform_attn: {IMPL_ENV}=kernel but the kernel cannot be built: {missing}")
             STATE.loaded, STATE.origin = False, missing
-            LOGGER.warning(
-                "ms_deform_attn: cannot build the compiled kernel (%s); using the slower pure-PyTorch reference",
-                missing,
-            )
-            return False
+            if requested_impl() != "kernel":
+                LOGGER.warning(
+                    "ms_deform_attn: cannot build the compiled kernel (%s); using the slower pure-PyTorch reference",
+                    missing,
+                )
+            return
         with_cuda = cuda_build_wanted()
         build_dir = default_cache_dir() / f"{EXTENSION_NAME}-{build_key(with_cuda)}"
         build_library(build_dir, with_cuda)
@@ -181,4 +191,3 @@ def ensure_loaded() -> bool:
     from . import _registration
 
     _registration.register_python_parts()
-    return True

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._build import ensure_loaded, requested_impl
+from .dispatch import ms_deform_attn
 
 
 class MSDeformAttn(nn.Module):
@@ -43,9 +43,6 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
         self._reset_parameters()
-        # Load (or build) the compiled kernel now rather than at the first forward, so that a model built
-        # before torch.compile traces the compiled op instead of the reference.
-        ensure_loaded()
 
     def _reset_parameters(self) -> None:
         # Offsets start on a ring of n_heads directions (scaled to the unit square's border), the k-th
@@ -86,8 +83,6 @@ class MSDeformAttn(nn.Module):
         Returns:
             [N, Lq, C]
         """
-        from . import ms_deform_attn, ms_deform_attn_reference
-
         if query.dim() != 3 or query.shape[-1] != self.d_model:
             raise ValueError(f"MSDeformAttn: query must be [N, Lq, {self.d_model}], got {list(query.shape)}")
         if input_flatten.dim() != 3 or input_flatten.shape[-1] != self.d_model:
@@ -122,10 +117,5 @@ class MSDeformAttn(nn.Module):
                 reference_points[:, :, None, :, None, :2]
                 + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
             )
-        # On a GPU the layer runs the compiled kernel, like the authors'. On the CPU, where the authors' layer
-        # runs their pure-PyTorch attention, it computes exactly that (so their numbers reproduce bit for bit),
-        # unless DDETR_MSDA_IMPL=kernel asks for the faster CPU kernel; the two agree to float rounding.
-        use_kernel = value.is_cuda or requested_impl() == "kernel"
-        attend = ms_deform_attn if use_kernel else ms_deform_attn_reference
-        output = attend(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(output)

@@ -1,14 +1,12 @@
 """The compiled CPU kernel of multi-scale deformable attention against the pure-PyTorch reference."""
 
-import os
 
 import pytest
 import torch
 
 import ops
-from conftest import SHARED_DIR
+from fixtures.model_reference import msda_cases
 
-GOLDEN_PATH = os.path.join(SHARED_DIR, "reference", "msda_cases_public.pt")
 GRAD_NAMES = ("grad_value", "grad_sampling_locations", "grad_attention_weights")
 
 
@@ -130,7 +128,7 @@ def test_mixed_dtypes_compute_in_the_promoted_dtype() -> None:
 
 
 def test_golden_cases_match_grid_sample_and_the_authors_kernel_forward() -> None:
-    cases = torch.load(GOLDEN_PATH, weights_only=True)["cases"]
+    cases = msda_cases()
     assert len(cases) >= 2
     for case in cases:
         inputs = tuple(

@@ -52,7 +52,8 @@ def run_probe(env_overrides: dict[str, str], extra_path: str | None = None) -> s
 def test_reference_can_be_forced_by_environment(tmp_path: Path) -> None:
     result = run_probe({"DDETR_MSDA_IMPL": "reference", "DDETR_MSDA_CACHE_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    assert "KERNEL False ORIGIN DDETR_MSDA_IMPL=reference" in result.stdout
+    assert "KERNEL False" in result.stdout
+    assert "LOG INFO ms_deform_attn: using the pure-PyTorch reference (DDETR_MSDA_IMPL=reference)" in result.stderr
     assert not any(tmp_path.iterdir()), "forcing the reference must not build anything"
 
 
@@ -73,6 +74,12 @@ def test_missing_compiler_is_an_error_when_the_kernel_is_required(tmp_path: Path
     )
     assert result.returncode != 0
     assert "DDETR_MSDA_IMPL=kernel but the kernel cannot be built: no C++ compiler" in result.stderr
+
+
+def test_kernel_is_the_default_where_it_builds(tmp_path: Path) -> None:
+    result = run_probe({"DDETR_MSDA_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "KERNEL True" in result.stdout, result.stderr
 
 
 def test_unknown_implementation_name_is_rejected(tmp_path: Path) -> None:

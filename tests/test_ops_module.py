@@ -1,13 +1,12 @@
 """`ops.MSDeformAttn`: the authors' parameter names and initialisation, argument checks, kernel = reference."""
 
 import math
-import os
 
 import pytest
 import torch
 
 import ops
-from conftest import SHARED_DIR
+from fixtures.model_reference import reference_path
 
 LEVEL_SHAPES = torch.tensor([[8, 6], [4, 3], [2, 2], [1, 1]])
 LEVEL_START = torch.tensor([0, 48, 60, 64])
@@ -17,7 +16,7 @@ NUM_VALUES = 65
 def read_official_keys(prefix: str) -> dict[str, list[int]]:
     """Parameter name -> shape of one attention layer in the authors' state_dict."""
     shapes = {}
-    with open(os.path.join(SHARED_DIR, "reference", "keys_base.tsv"), encoding="utf-8") as keys:
+    with open(reference_path("keys_base.tsv"), encoding="utf-8") as keys:
         for line in keys:
             key, shape, _ = line.rstrip("\n").split("\t")
             if key.startswith(prefix):
@@ -134,9 +133,9 @@ def test_kernel_and_reference_give_the_same_layer_output_and_gradients(
         output.pow(2).sum().backward()
         return [output.detach()] + [parameter.grad.clone() for parameter in layer.parameters()]
 
-    monkeypatch.setenv(ops._build.IMPL_ENV, "kernel")  # the layer uses the CPU kernel only when asked
+    monkeypatch.setenv(ops._build.IMPL_ENV, "auto")  # by default the layer runs the compiled kernel
     with_kernel = output_and_grads()
-    monkeypatch.setenv(ops._build.IMPL_ENV, "auto")  # by default it computes the reference on the CPU
+    monkeypatch.setenv(ops._build.IMPL_ENV, "reference")  # the authors' pure-PyTorch arithmetic
     with_reference = output_and_grads()
     for kernel_result, reference_result in zip(with_kernel, with_reference):
         torch.testing.assert_close(kernel_result, reference_result, atol=1e-10, rtol=1e-10)

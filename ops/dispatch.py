@@ -1,0 +1,53 @@
+"""The one place that picks the compiled kernel or the pure-PyTorch reference for multi-scale deformable attention.
+
+The compiled kernel is used wherever it loads (installed by `pip install ./ops`, or built on first use, see
+`ops._build`); the reference is used when `DDETR_MSDA_IMPL=reference` asks for the authors' arithmetic bit for
+bit, or, with one warning, where no compiler is available to build the kernel.
+"""
+
+import torch
+
+from . import _build
+from .reference import ms_deform_attn_reference
+
+
+def kernel_available() -> bool:
+    """Whether calls use the compiled kernel (loading or building it on the first call).
+
+    Call it once before `torch.compile`: building is file I/O that cannot be traced.
+    """
+    return _build.ensure_loaded()
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Bilinear sampling (zero padding) of every level, weighted and summed over levels and points.
+
+    Args:
+        value: [N, S, M, D], the flattened feature maps of all levels, per head.
+        spatial_shapes: int64 [L, 2], (height, width) of each level; S = sum(h * w).
+        level_start_index: int64 [L], [0, h0*w0, h0*w0+h1*w1, ...].
+        sampling_locations: [N, Lq, M, L, P, 2], (x, y) in [0, 1], (0, 0) the top-left image corner.
+        attention_weights: [N, Lq, M, L, P].
+
+    Returns:
+        [N, Lq, M * D] in the promoted dtype of the three floating inputs (mixed precision, e.g. a half value
+        with float32 locations, computes in float32 rather than rounding the locations).
+    """
+    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    value, sampling_locations, attention_weights = (
+        value.to(dtype),
+        sampling_locations.to(dtype),
+        attention_weights.to(dtype),
+    )
+    use_kernel = bool(_build.STATE.loaded) if torch.compiler.is_compiling() else _build.ensure_loaded()
+    if use_kernel:
+        return torch.ops.deformable_detr_ops.ms_deform_attn(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
