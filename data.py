@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from deformable_detr.batching import pad_images
+from deformable_detr.data.batching import pad_images
 from deformable_detr.data.coco import CocoDetection, LocalImageStore, load_coco
-from deformable_detr.data.config import IMAGE_SETS, DataConfig, default_annotations_dir, parse_data_config
+from deformable_detr.config.data import IMAGE_SETS, DataConfig, default_annotations_dir, parse_data_config
 from deformable_detr.data.download import ensure_coco
 from deformable_detr.data.fake import FakeCocoDetection
 from deformable_detr.data.seeding import make_generator, seed_worker

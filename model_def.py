@@ -19,18 +19,18 @@ from determined import pytorch
 
 import data
 import model as detr_model
-from deformable_detr.checkpoint_metadata import CheckpointMetadataWriter, make_metadata
-from deformable_detr.coco_eval import CocoDetectionReducer
-from deformable_detr.optim import OptimizationSettings, build_lr_scheduler, build_optimizer
-from deformable_detr.run_config import RunSettings, load_experiment_config, split_data_config
-from deformable_detr.determined_compat import (
+from deformable_detr.training.checkpoints import CheckpointMetadataWriter, make_metadata
+from deformable_detr.training.coco_eval import CocoDetectionReducer
+from deformable_detr.training.optim import OptimizationSettings, build_lr_scheduler, build_optimizer
+from deformable_detr.config.run import RunSettings, load_experiment_config, split_data_config
+from deformable_detr.training.determined_compat import (
     allow_determined_rng_state,
     batches_trained_in_checkpoint,
     use_local_checkpoint,
 )
-from deformable_detr.progress import ProgressLogger
-from deformable_detr.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset
-from deformable_detr.warm_start import load_pretrained
+from deformable_detr.training.progress import ProgressLogger
+from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset
+from deformable_detr.training.warm_start import load_pretrained
 
 logger = logging.getLogger("deformable_detr")
 

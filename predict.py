@@ -16,9 +16,9 @@ import sys
 import torch
 from torchvision.io import ImageReadMode, decode_image, write_png
 
-from deformable_detr.batching import pad_images
-from deformable_detr.inference import load_for_inference, prepare_image
-from deformable_detr.visualize import draw_boxes
+from deformable_detr.data.batching import pad_images
+from deformable_detr.inference.loading import load_for_inference, prepare_image
+from deformable_detr.inference.visualize import draw_boxes
 
 logger = logging.getLogger("predict")
 

@@ -24,8 +24,8 @@ import yaml
 import model_def
 from deformable_detr.data import synthetic
 from deformable_detr.data.coco import load_coco
-from deformable_detr.inference import load_for_inference, prepare_image
-from deformable_detr.visualize import draw_boxes, plot_curves, save_side_by_side
+from deformable_detr.inference.loading import load_for_inference, prepare_image
+from deformable_detr.inference.visualize import draw_boxes, plot_curves, save_side_by_side
 from predict import read_image
 
 DEFAULT_CONFIG = "cpu_synthetic.yaml"

@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import model as detr_model  # noqa: E402
 from deformable_detr.data import synthetic  # noqa: E402
-from deformable_detr.optim import OptimizationSettings, build_optimizer  # noqa: E402
-from deformable_detr.run_config import load_experiment_config, split_data_config  # noqa: E402
+from deformable_detr.training.optim import OptimizationSettings, build_optimizer  # noqa: E402
+from deformable_detr.config.run import load_experiment_config, split_data_config  # noqa: E402
 
 PHASES = ("data", "forward", "matching", "loss", "backward", "optimizer")
 

@@ -11,7 +11,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from deformable_detr.coco_eval import CocoDetectionReducer, detections_to_rows, evaluate_detections
+from deformable_detr.training.coco_eval import CocoDetectionReducer, detections_to_rows, evaluate_detections
 from deformable_detr.data import synthetic
 
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from deformable_detr.data.config import parse_data_config
-from deformable_detr.hparams import TRIAL_KEYS, ModelConfig
-from deformable_detr.optim import TRIAL_HPARAM_KEYS, OptimizationSettings
-from deformable_detr.run_config import RunSettings, fixed_hyperparameters, split_data_config
+from deformable_detr.config.data import parse_data_config
+from deformable_detr.config.model import TRIAL_KEYS, ModelConfig
+from deformable_detr.training.optim import TRIAL_HPARAM_KEYS, OptimizationSettings
+from deformable_detr.config.run import RunSettings, fixed_hyperparameters, split_data_config
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "*.yaml")))
 MODEL_KEYS = {field.name for field in dataclasses.fields(ModelConfig)}

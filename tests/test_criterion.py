@@ -4,9 +4,9 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from deformable_detr.criterion import SetCriterion, build_weight_dict
-from deformable_detr.hparams import ModelConfig
-from deformable_detr.matcher import HungarianMatcher
+from deformable_detr.models.criterion import SetCriterion, build_weight_dict
+from deformable_detr.config.model import ModelConfig
+from deformable_detr.models.matcher import HungarianMatcher
 
 
 def _criterion(num_classes: int = 5) -> SetCriterion:

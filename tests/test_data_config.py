@@ -5,7 +5,7 @@ import os
 import pytest
 
 import data
-from deformable_detr.data.config import DataConfig, default_annotations_dir, parse_data_config
+from deformable_detr.config.data import DataConfig, default_annotations_dir, parse_data_config
 
 
 def test_defaults_are_filled_in():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from deformable_detr.distributed import average_num_boxes
+from deformable_detr.training.distributed import average_num_boxes
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "num_boxes_worker.py")
 MEAN_OF_3_AND_8 = 5.5

@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO_ROOT
 from fixtures.expconf_schemas import SCHEMAS_ORIGIN, SCHEMAS_ROOT, require_schemas_root, schema_cases_dir
 
-from deformable_detr import expconf
+from deformable_detr.tools import expconf
 
 CASES_DIR = schema_cases_dir()
 CASE_FILES = sorted(glob.glob(os.path.join(CASES_DIR, "*.yaml"))) if CASES_DIR else []

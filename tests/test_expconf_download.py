@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO_ROOT
 from fixtures.expconf_schemas import require_schemas_root
 
-from deformable_detr import expconf
+from deformable_detr.tools import expconf
 
 REPO_CONFIG = "distributed_gcs.yaml"
 
@@ -121,7 +121,7 @@ def test_first_use_downloads_the_schemas_and_validates_a_repository_config(
 ) -> None:
     env = {**os.environ, "PYTHONPATH": REPO_ROOT}
     result = subprocess.run(
-        [sys.executable, "-m", "deformable_detr.expconf", REPO_CONFIG],
+        [sys.executable, "-m", "deformable_detr.tools.expconf", REPO_CONFIG],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

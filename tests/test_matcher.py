@@ -2,7 +2,7 @@
 
 import torch
 
-from deformable_detr.matcher import HungarianMatcher
+from deformable_detr.models.matcher import HungarianMatcher
 
 
 def _outputs(batch: int, queries: int, classes: int, seed: int = 0) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 import model
 import ops
-from deformable_detr.position_encoding import PositionEmbeddingSine
+from deformable_detr.models.position_encoding import PositionEmbeddingSine
 from fixtures.model_reference import MODEL_KEYS, golden_case, golden_case_f64, synthetic_state_dict
 
 F64_BAR = 1e-7  # of each tensor's largest absolute value

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from deformable_detr.hparams import TRIAL_KEYS, ModelConfig
+from deformable_detr.config.model import TRIAL_KEYS, ModelConfig
 
 # The hyperparameters of a whole Determined experiment config for the authors' base model.
 WHOLE_CONFIG = {

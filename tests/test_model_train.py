@@ -6,7 +6,7 @@ import torchvision
 from torchvision.models._api import WeightsEnum
 
 import model
-from deformable_detr.batching import pad_images
+from deformable_detr.data.batching import pad_images
 
 TINY = {
     "backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import model
-from deformable_detr.deformable_transformer import DeformableTransformer
+from deformable_detr.models.transformer import DeformableTransformer
 
 TINY = {
     "backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 3,

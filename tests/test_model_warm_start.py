@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import model
-from deformable_detr.warm_start import load_pretrained
+from deformable_detr.training.warm_start import load_pretrained
 from fixtures.model_reference import synthetic_state_dict
 
 REFINE = {"with_box_refine": True}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import model as detr_model
-from deformable_detr.optim import OptimizationSettings, build_lr_scheduler, build_optimizer, build_param_groups
+from deformable_detr.training.optim import OptimizationSettings, build_lr_scheduler, build_optimizer, build_param_groups
 from trial_runs import TINY_MODEL
 
 

@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import box_iou
 
 import model
-from deformable_detr.postprocess import PostProcess
+from deformable_detr.models.postprocess import PostProcess
 
 # One image, four queries, two classes: queries 0 and 1 are near-duplicates, query 2 overlaps them a little,
 # query 3 lies elsewhere. Boxes are (cx, cy, w, h) in [0, 1].

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 
 import predict
 from deformable_detr.data import synthetic
-from deformable_detr.inference import CheckpointMismatchError
+from deformable_detr.inference.loading import CheckpointMismatchError
 from trial_runs import checkpoints, run_script, write_config
 
 pytestmark = pytest.mark.slow

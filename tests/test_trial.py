@@ -75,7 +75,7 @@ def test_trial_trains_on_synthetic_coco_from_disk(synthetic_run):
 
 
 def _load_state(checkpoint_dir: str) -> dict:
-    from deformable_detr.determined_compat import allow_determined_rng_state
+    from deformable_detr.training.determined_compat import allow_determined_rng_state
 
     allow_determined_rng_state()
     return torch.load(os.path.join(checkpoint_dir, "state_dict.pth"), map_location="cpu", weights_only=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.io import decode_png, read_file
 
-from deformable_detr.visualize import denormalize, draw_boxes, plot_curves, save_side_by_side
+from deformable_detr.inference.visualize import denormalize, draw_boxes, plot_curves, save_side_by_side
 
 
 def test_draw_boxes_marks_the_box_outline_only():

@@ -7,8 +7,8 @@ from torch.nn import functional as F
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
-from .hparams import ModelConfig
-from .position_encoding import build_position_encoding
+from deformable_detr.config.model import ModelConfig
+from deformable_detr.models.position_encoding import build_position_encoding
 
 # ResNet stages from the top; the first `trainable_backbone_layers` of them train.
 _STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from .hparams import ModelConfig
+from deformable_detr.config.model import ModelConfig
 
 
 class PositionEmbeddingSine(nn.Module):

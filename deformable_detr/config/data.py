@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .transforms import AUGMENTATIONS
+from deformable_detr.data.transforms import AUGMENTATIONS
 
 BACKENDS = ("gcs", "local", "fake")
 IMAGE_SETS = ("train", "val")

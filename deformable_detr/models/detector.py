@@ -7,10 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import Joiner, downsample_mask
-from .batching import pad_images
-from .box_ops import inverse_sigmoid
-from .deformable_transformer import DeformableTransformer
+from deformable_detr.models.backbone import Joiner, downsample_mask
+from deformable_detr.data.batching import pad_images
+from deformable_detr.models.transformer import DeformableTransformer, inverse_sigmoid
 
 
 class MLP(nn.Module):
@@ -31,6 +30,37 @@ class MLP(nn.Module):
         for index, layer in enumerate(self.layers):
             x = F.relu(layer(x)) if index < self.num_layers - 1 else layer(x)
         return x
+
+
+def _input_projections(backbone_channels: list[int], hidden_dim: int, num_feature_levels: int) -> nn.ModuleList:
+    """1x1 convolutions of each backbone map to hidden_dim, then stride-2 3x3 convolutions for the extra,
+    coarser levels (the first on the last backbone map, the next on the previous level); GroupNorm after each."""
+    projections = []
+    for channels in backbone_channels:
+        projections.append(nn.Sequential(
+            nn.Conv2d(channels, hidden_dim, kernel_size=1),
+            nn.GroupNorm(32, hidden_dim),
+        ))
+    in_channels = backbone_channels[-1]
+    for _ in range(num_feature_levels - len(backbone_channels)):
+        projections.append(nn.Sequential(
+            nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+            nn.GroupNorm(32, hidden_dim),
+        ))
+        in_channels = hidden_dim
+    return nn.ModuleList(projections)
+
+
+def _init_head_and_projections(class_embed: nn.Linear, bbox_embed: MLP, input_proj: nn.ModuleList) -> None:
+    """The authors' initialisation of the prediction heads and the input projections."""
+    # focal-loss prior: every class starts at probability 0.01
+    prior_prob = 0.01
+    nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+    nn.init.zeros_(bbox_embed.layers[-1].weight)
+    nn.init.zeros_(bbox_embed.layers[-1].bias)
+    for projection in input_proj:
+        nn.init.xavier_uniform_(projection[0].weight, gain=1)
+        nn.init.zeros_(projection[0].bias)
 
 
 class DeformableDETR(nn.Module):
@@ -62,39 +92,20 @@ class DeformableDETR(nn.Module):
         self.num_feature_levels = num_feature_levels
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
-        num_backbone_outs = len(backbone.strides)
-        projections = []
-        for level in range(num_backbone_outs):
-            projections.append(nn.Sequential(
-                nn.Conv2d(backbone.num_channels[level], hidden_dim, kernel_size=1),
-                nn.GroupNorm(32, hidden_dim),
-            ))
-        in_channels = backbone.num_channels[-1]
-        for _ in range(num_feature_levels - num_backbone_outs):
-            # extra, coarser levels: stride-2 convolutions on top of the last backbone map
-            projections.append(nn.Sequential(
-                nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                nn.GroupNorm(32, hidden_dim),
-            ))
-            in_channels = hidden_dim
-        self.input_proj = nn.ModuleList(projections)
+        self.input_proj = _input_projections(backbone.num_channels, hidden_dim, num_feature_levels)
         self.backbone = backbone
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
+        _init_head_and_projections(class_embed, bbox_embed, self.input_proj)
+        self._attach_prediction_heads(class_embed, bbox_embed)
 
-        # focal-loss prior: every class starts at probability 0.01
-        prior_prob = 0.01
-        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
-        nn.init.zeros_(bbox_embed.layers[-1].weight)
-        nn.init.zeros_(bbox_embed.layers[-1].bias)
-        for projection in self.input_proj:
-            nn.init.xavier_uniform_(projection[0].weight, gain=1)
-            nn.init.zeros_(projection[0].bias)
-
+    def _attach_prediction_heads(self, class_embed: nn.Linear, bbox_embed: "MLP") -> None:
+        """One (class, box) head pair per decoder layer, plus one for the proposals in two-stage mode:
+        copies with box refinement (and given to the decoder, which refines with them), else one shared pair."""
         # two-stage adds one more pair of heads, for the encoder proposals
-        num_pred = transformer.decoder.num_layers + (1 if two_stage else 0)
-        if with_box_refine:
+        num_pred = self.transformer.decoder.num_layers + (1 if self.two_stage else 0)
+        if self.with_box_refine:
             self.class_embed.extend(copy.deepcopy(class_embed) for _ in range(num_pred))
             self.bbox_embed.extend(copy.deepcopy(bbox_embed) for _ in range(num_pred))
             # only the first layer predicts sizes outright (small boxes at first); later layers refine them
@@ -106,7 +117,7 @@ class DeformableDETR(nn.Module):
             self.class_embed.extend(class_embed for _ in range(num_pred))
             self.bbox_embed.extend(bbox_embed for _ in range(num_pred))
             self.transformer.decoder.bbox_embed = None
-        if two_stage:
+        if self.two_stage:
             self.transformer.decoder.class_embed = self.class_embed
             for head in self.bbox_embed:
                 # proposals already carry a size (0.05 * 2^level): predict a correction from 0

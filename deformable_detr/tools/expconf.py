@@ -28,7 +28,7 @@ The schemas are those of Determined 0.38.1 (:func:`find_schemas_dir`): ``$DET_SC
 else a per-user cache, which the first use fills by downloading the files from Determined's source at the
 ``0.38.1`` tag, each checked against the SHA-256 in ``expconf_schemas.json`` next to this module.
 
-Command line: ``python -m deformable_detr.expconf config.yaml [...]`` prints every problem (errors and
+Command line: ``python -m deformable_detr.tools.expconf config.yaml [...]`` prints every problem (errors and
 deprecated fields) and exits 1; it exits 2 when the schemas cannot be obtained.
 """
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from determined import pytorch
 
-logger = logging.getLogger("deformable_detr.progress")
+logger = logging.getLogger("deformable_detr.training.progress")
 
 SHOWN_TERMS = ("loss", "loss_ce", "loss_bbox", "loss_giou")
 

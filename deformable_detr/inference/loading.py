@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torchvision import tv_tensors
 
-import model as detr_model
-from .checkpoint_metadata import read_metadata
-from .coco_categories import COCO_CATEGORY_NAMES
-from .data.transforms import make_transforms
-from .determined_compat import allow_determined_rng_state
-from .hparams import ModelConfig
-from .warm_start import read_released_checkpoint
+from deformable_detr.config.model import ModelConfig
+from deformable_detr.data.categories import COCO_CATEGORY_NAMES
+from deformable_detr.data.transforms import make_transforms
+from deformable_detr.models.build import build_model
+from deformable_detr.training.checkpoints import read_metadata
+from deformable_detr.training.determined_compat import allow_determined_rng_state
+from deformable_detr.training.warm_start import read_released_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def load_for_inference(checkpoint: str, device: str | torch.device = "cpu") -> t
     else:
         raise FileNotFoundError(f"no checkpoint at {checkpoint!r}")
     hparams["pretrained_backbone"] = False  # the weights come from the checkpoint
-    model, _, postprocessors = detr_model.build_model(hparams)
+    model, _, postprocessors = build_model(hparams)
     _load_weights(model, weights, checkpoint)
     model.to(device).eval()
     if label_to_cat_id is None:

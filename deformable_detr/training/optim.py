@@ -11,7 +11,7 @@ AMP_MODES = ("off", "bf16", "fp16")
 
 @dataclasses.dataclass(frozen=True)
 class OptimizationSettings:
-    """Hyperparameters the trial owns (the model's own are validated by `deformable_detr.hparams`)."""
+    """Hyperparameters the trial owns (the model's own are validated by `deformable_detr.config.model`)."""
 
     lr: float = 2e-4
     lr_backbone: float = 2e-5

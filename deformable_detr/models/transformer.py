@@ -5,6 +5,7 @@ Shapes: B batch, L levels, S = sum of h_l * w_l over levels, Q queries, C = d_mo
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -12,8 +13,13 @@ from torch.nn import functional as F
 
 from ops import MSDeformAttn, kernel_available
 
-from .box_ops import inverse_sigmoid
-from .hparams import ModelConfig
+from deformable_detr.config.model import ModelConfig
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """logit(x) with x clamped to [0, 1] and both x and 1 - x kept >= eps, as the authors compute it."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def _clones(module: nn.Module, count: int) -> nn.ModuleList:
@@ -287,6 +293,26 @@ class DeformableTransformer(nn.Module):
         """
         if not self.two_stage and query_embed is None:
             raise ValueError("DeformableTransformer: query_embed is required unless two_stage")
+        levels = self._flatten_levels(srcs, masks, pos_embeds)
+        memory = self.encoder(levels.src, levels.shapes, levels.spatial_shapes, levels.level_start_index,
+                              levels.valid_ratios, levels.pos, levels.mask)
+        if self.two_stage:
+            queries = self._select_proposals(memory, levels)
+        else:
+            queries = self._embedded_queries(query_embed, memory.shape[0])
+        hs, inter_references = self.decoder(queries.tgt, queries.reference_points, memory, levels.spatial_shapes,
+                                            levels.level_start_index, levels.valid_ratios, queries.query_pos,
+                                            levels.mask)
+        return {
+            **queries.encoder_outputs,
+            "hs": hs,
+            "init_reference": queries.reference_points,
+            "inter_references": inter_references,
+        }
+
+    def _flatten_levels(self, srcs: list[torch.Tensor], masks: list[torch.Tensor],
+                        pos_embeds: list[torch.Tensor]) -> "FlatLevels":
+        """The L maps as one sequence of S positions, each position embedding plus its level's embedding."""
         src_flatten = []
         mask_flatten = []
         lvl_pos_embed_flatten = []
@@ -297,50 +323,71 @@ class DeformableTransformer(nn.Module):
             mask_flatten.append(mask.flatten(1))
             lvl_pos_embed_flatten.append(pos_embed.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
         src_flat = torch.cat(src_flatten, 1)
-        mask_flat = torch.cat(mask_flatten, 1)
-        pos_flat = torch.cat(lvl_pos_embed_flatten, 1)
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([get_valid_ratio(m) for m in masks], 1)
+        return FlatLevels(
+            src=src_flat,
+            mask=torch.cat(mask_flatten, 1),
+            pos=torch.cat(lvl_pos_embed_flatten, 1),
+            shapes=shapes,
+            spatial_shapes=spatial_shapes,
+            level_start_index=torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])),
+            valid_ratios=torch.stack([get_valid_ratio(m) for m in masks], 1),
+        )
 
-        memory = self.encoder(src_flat, shapes, spatial_shapes, level_start_index, valid_ratios, pos_flat, mask_flat)
+    def _embedded_queries(self, query_embed: torch.Tensor, batch: int) -> "DecoderQueries":
+        """Single stage: learned queries [Q, 2C] split into position and content; reference points from
+        the position."""
+        query_pos, tgt = torch.split(query_embed, self.d_model, dim=1)
+        query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
+        tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
+        return DecoderQueries(query_pos, tgt, self.reference_points(query_pos).sigmoid(), {})
 
-        batch, _, channels = memory.shape
-        result: dict[str, torch.Tensor] = {}
-        if self.two_stage:
-            if self.decoder.class_embed is None or self.decoder.bbox_embed is None:
-                raise RuntimeError("two-stage: the detector must give the decoder its per-layer heads (box refinement)")
-            output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flat, shapes)
-            # the extra (last) heads score and regress the proposals
-            enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
-            enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
-            topk = self.two_stage_num_proposals
-            if topk > enc_outputs_class.shape[1]:
-                raise ValueError(
-                    f"two-stage: {topk} proposals requested but the encoder has only {enc_outputs_class.shape[1]} "
-                    "positions; use larger images or fewer num_queries"
-                )
-            # proposals are ranked by their first class's score (the binary "object" score in training)
-            topk_proposals = torch.topk(enc_outputs_class[..., 0], topk, dim=1)[1]
-            topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_proposals.unsqueeze(-1).repeat(1, 1, 4))
-            topk_coords_unact = topk_coords_unact.detach()
-            reference_points = topk_coords_unact.sigmoid()
-            pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact)))
-            query_pos, tgt = torch.split(pos_trans_out, channels, dim=2)
-            result["enc_outputs_class"] = enc_outputs_class
-            result["enc_outputs_coord_unact"] = enc_outputs_coord_unact
-        else:
-            query_pos, tgt = torch.split(query_embed, channels, dim=1)
-            query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
-            tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
-            reference_points = self.reference_points(query_pos).sigmoid()
+    def _select_proposals(self, memory: torch.Tensor, levels: "FlatLevels") -> "DecoderQueries":
+        """Two stage: score every encoder proposal, keep the top `two_stage_num_proposals` as the queries."""
+        if self.decoder.class_embed is None or self.decoder.bbox_embed is None:
+            raise RuntimeError("two-stage: the detector must give the decoder its per-layer heads (box refinement)")
+        output_memory, output_proposals = self.gen_encoder_output_proposals(memory, levels.mask, levels.shapes)
+        # the extra (last) heads score and regress the proposals
+        enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
+        enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
+        topk = self.two_stage_num_proposals
+        if topk > enc_outputs_class.shape[1]:
+            raise ValueError(
+                f"two-stage: {topk} proposals requested but the encoder has only {enc_outputs_class.shape[1]} "
+                "positions; use larger images or fewer num_queries"
+            )
+        # proposals are ranked by their first class's score (the binary "object" score in training)
+        topk_proposals = torch.topk(enc_outputs_class[..., 0], topk, dim=1)[1]
+        topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_proposals.unsqueeze(-1).repeat(1, 1, 4))
+        topk_coords_unact = topk_coords_unact.detach()
+        reference_points = topk_coords_unact.sigmoid()
+        pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact)))
+        query_pos, tgt = torch.split(pos_trans_out, memory.shape[2], dim=2)
+        encoder_outputs = {"enc_outputs_class": enc_outputs_class, "enc_outputs_coord_unact": enc_outputs_coord_unact}
+        return DecoderQueries(query_pos, tgt, reference_points, encoder_outputs)
 
-        hs, inter_references = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index,
-                                            valid_ratios, query_pos, mask_flat)
-        result["hs"] = hs
-        result["init_reference"] = reference_points
-        result["inter_references"] = inter_references
-        return result
+
+class FlatLevels(NamedTuple):
+    """The feature levels flattened for attention: src, pos [B, S, C]; mask bool [B, S]; shapes (h, w) per
+    level and spatial_shapes [L, 2] the same as a tensor; level_start_index [L]; valid_ratios [B, L, 2]."""
+
+    src: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+    shapes: list[tuple[int, int]]
+    spatial_shapes: torch.Tensor
+    level_start_index: torch.Tensor
+    valid_ratios: torch.Tensor
+
+
+class DecoderQueries(NamedTuple):
+    """What the decoder starts from: query_pos and tgt [B, Q, C], reference_points [B, Q, 2 or 4] in [0, 1],
+    and (two-stage) the encoder's proposal outputs to return alongside."""
+
+    query_pos: torch.Tensor
+    tgt: torch.Tensor
+    reference_points: torch.Tensor
+    encoder_outputs: dict[str, torch.Tensor]
 
 
 def build_deformable_transformer(config: ModelConfig) -> DeformableTransformer:

@@ -7,9 +7,9 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from .distributed import average_num_boxes
-from .hparams import ModelConfig
-from .matcher import HungarianMatcher, Indices, build_matcher
+from deformable_detr.training.distributed import average_num_boxes
+from deformable_detr.config.model import ModelConfig
+from deformable_detr.models.matcher import HungarianMatcher, Indices, build_matcher
 
 LOSSES = ("labels", "boxes", "cardinality")
 

@@ -5,7 +5,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-from .hparams import ModelConfig
+from deformable_detr.config.model import ModelConfig
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -2,7 +2,7 @@
 
 `ModelConfig.from_hparams(mapping)` reads an experiment's `hyperparameters` mapping (the names Determined's
 configs use, which are the authors' command-line names). Keys owned by the trial (optimisation and schedule,
-`deformable_detr.optim.OptimizationSettings`) are listed in `TRIAL_KEYS` and ignored here; any other unknown key
+`deformable_detr.training.optim.OptimizationSettings`) are listed in `TRIAL_KEYS` and ignored here; any other unknown key
 is an error: data and run settings belong in the config's `data:` section, not among the hyperparameters.
 """
 

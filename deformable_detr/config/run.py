@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from determined import pytorch
 
-from .optim import OptimizationSettings
+from deformable_detr.training.optim import OptimizationSettings
 
 PERIOD_UNITS = {"batches": pytorch.Batch, "epochs": pytorch.Epoch}
 

@@ -1,0 +1,1 @@
+"""The typed, validated settings of an experiment: model, optimisation, data and run, parsed once."""

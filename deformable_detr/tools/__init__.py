@@ -1,0 +1,1 @@
+"""Command-line tools that check a setup without running it."""
