@@ -1,10 +1,7 @@
 """The gcs backend against a real server: gcp-storage-emulator on 127.0.0.1, behind a proxy that fails on cue."""
 
-import http.client
-import http.server
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +16,7 @@ from gcp_storage_emulator.server import create_server
 
 import data
 from deformable_detr.data.synthetic import write_split
+from fixtures.fault_proxy import GcsFaultProxy as FailingProxy
 
 BUCKET = "coco-test"
 
@@ -27,72 +25,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-class FailingProxy(http.server.ThreadingHTTPServer):
-    """Forwards every request to the emulator, except that media downloads take the next failure from
-    `failures` ('503', '429' or 'reset': close the connection without an answer) while any are left."""
-
-    def __init__(self, upstream_port: int) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream_port = upstream_port
-        self.failures: list[str] = []
-        self.served_failures = 0
-        self.lock = threading.Lock()
-
-    def next_failure(self, path: str) -> str | None:
-        if "alt=media" not in path:
-            return None
-        with self.lock:
-            if not self.failures:
-                return None
-            self.served_failures += 1
-            return self.failures.pop(0)
-
-    def handle_error(self, request, client_address) -> None:
-        # Clients drop pooled keep-alive connections when they retry; that is expected here, not an error.
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:  # keep the test output readable
-        pass
-
-    def _forward(self) -> None:
-        failure = self.server.next_failure(self.path)
-        if failure == "reset":
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        if failure is not None:
-            body = b'{"error": {"code": %s, "message": "injected"}}' % failure.encode()
-            self.send_response(int(failure))
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        length = int(self.headers.get("Content-Length", 0))
-        body = self.rfile.read(length) if length else None
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-        upstream.request(self.command, self.path, body=body, headers=headers)
-        response = upstream.getresponse()
-        payload = response.read()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-        upstream.close()
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
 
 
 @pytest.fixture(scope="module")
