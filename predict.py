@@ -13,20 +13,16 @@ import logging
 import os
 import sys
 
-import torch
-from torchvision.io import ImageReadMode, decode_image, write_png
+from torchvision.io import write_png
 
-from deformable_detr.data.batching import pad_images
-from deformable_detr.inference.loading import load_for_inference, prepare_image
+from deformable_detr.data.images import read_image
+from deformable_detr.inference.loading import load_for_inference
+from deformable_detr.inference.results import detections_to_rows, rows_to_results
 from deformable_detr.inference.visualize import draw_boxes
 
 logger = logging.getLogger("predict")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-
-
-class UnreadableImageError(ValueError):
-    """An input file could not be decoded as an image."""
 
 
 def list_images(inputs: list[str]) -> list[str]:
@@ -46,25 +42,12 @@ def list_images(inputs: list[str]) -> list[str]:
     return files
 
 
-def read_image(path: str) -> torch.Tensor:
-    """uint8 RGB [3, H, W]; raises UnreadableImageError naming the file when it is not an image."""
-    with open(path, "rb") as f:
-        encoded = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-    if encoded.numel() == 0:
-        raise UnreadableImageError(f"{path}: empty file")
-    try:
-        return decode_image(encoded, mode=ImageReadMode.RGB)
-    except RuntimeError as error:  # torchvision reports undecodable data as RuntimeError
-        raise UnreadableImageError(f"{path}: cannot decode as an image ({error})") from error
-
-
 def image_id_for(path: str, index: int) -> int:
     """The COCO image id: the file name's number when it is one (as in COCO), else the input's position."""
     stem = os.path.splitext(os.path.basename(path))[0]
     return int(stem) if stem.isdigit() else index
 
 
-@torch.inference_mode()
 def predict(
     checkpoint: str,
     inputs: list[str],
@@ -73,39 +56,27 @@ def predict(
     batch_size: int = 4,
     device: str = "cpu",
 ) -> list[dict]:
-    """Run the model on every image; write the COCO results JSON and one PNG per image. Returns the results."""
+    """Run the model on every image; write the COCO results JSON and one PNG per image. Returns the results.
+
+    An input that is not an image raises `deformable_detr.data.images.ImageDecodeError` naming the file.
+    """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     files = list_images(inputs)
-    model, postprocessors, info = load_for_inference(checkpoint, device)
+    loaded = load_for_inference(checkpoint, device)
     os.makedirs(output_dir, exist_ok=True)
     results = []
     for start in range(0, len(files), batch_size):
         paths = files[start : start + batch_size]
         images = [read_image(path) for path in paths]
-        batch, mask = pad_images([prepare_image(image, info["image_scale"]) for image in images])
-        outputs = model(batch.to(device), mask.to(device))
-        orig_sizes = torch.tensor([image.shape[-2:] for image in images], device=device)
-        detections = postprocessors["bbox"](outputs, orig_sizes)
-        for offset, (path, image, found) in enumerate(zip(paths, images, detections, strict=True)):
-            image_id = image_id_for(path, start + offset)
+        for offset, (path, image, found) in enumerate(zip(paths, images, loaded.detect(images), strict=True)):
             keep = found["scores"] >= threshold
-            boxes, labels, scores = found["boxes"][keep].cpu(), found["labels"][keep].cpu(), found["scores"][keep].cpu()
-            for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True):
-                category_id = label if info["label_to_cat_id"] is None else info["label_to_cat_id"][label]
-                x1, y1, x2, y2 = box
-                results.append(
-                    {
-                        "image_id": image_id,
-                        "file_name": os.path.basename(path),
-                        "category_id": int(category_id),
-                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                        "score": round(float(score), 4),
-                    }
-                )
-            drawn = draw_boxes(image, boxes, labels.tolist(), info["names"], scores.tolist())
+            kept = {key: value[keep].cpu() for key, value in found.items()}
+            rows = detections_to_rows([image_id_for(path, start + offset)], [kept], loaded.label_to_cat_id)
+            results.extend(rows_to_results(rows, os.path.basename(path)))
+            drawn = draw_boxes(image, kept["boxes"], kept["labels"].tolist(), loaded.names, kept["scores"].tolist())
             write_png(drawn, os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
         logger.info("%d/%d images", min(start + batch_size, len(files)), len(files))
     with open(os.path.join(output_dir, "detections.json"), "w") as f:

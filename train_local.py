@@ -22,11 +22,12 @@ import torch
 import yaml
 
 import model_def
-from deformable_detr.data import synthetic
+from deformable_detr.data import paths, synthetic
+from deformable_detr.data.categories import category_ids, category_names
 from deformable_detr.data.coco import load_coco
-from deformable_detr.inference.loading import load_for_inference, prepare_image
+from deformable_detr.data.images import read_image
+from deformable_detr.inference.loading import load_for_inference
 from deformable_detr.inference.visualize import draw_boxes, plot_curves, save_side_by_side
-from predict import read_image
 
 DEFAULT_CONFIG = "cpu_synthetic.yaml"
 DEFAULT_OUTPUT = os.path.join("outputs", "train")
@@ -36,7 +37,7 @@ SHOWN_SCORE = 0.3  # lowest score drawn in predictions.png
 
 def ensure_dataset(data_dir: str, train_images: int, val_images: int, image_size: int) -> None:
     """Generate the synthetic dataset unless a complete one is there (the val annotations come last)."""
-    if os.path.isfile(os.path.join(data_dir, "annotations", "instances_val2017.json")):
+    if os.path.isfile(paths.annotation_file(data_dir, "val")):
         return
     print(f"generating the synthetic dataset in {data_dir} ({train_images} train, {val_images} val images)")
     synthetic.main(
@@ -51,26 +52,23 @@ def latest_checkpoint(checkpoint_dir: str) -> str:
     return max(folders, key=os.path.getmtime)
 
 
-@torch.inference_mode()
 def draw_predictions(
     checkpoint: str, data_dir: str, path: str, count: int = SHOWN_IMAGES, min_score: float = SHOWN_SCORE
 ) -> None:
     """Validation images with their ground truth beside the model's detections (score >= min_score)."""
-    model, postprocessors, info = load_for_inference(checkpoint)
-    coco = load_coco(os.path.join(data_dir, "annotations", "instances_val2017.json"))
-    names = {cat["id"]: cat["name"] for cat in coco.loadCats(coco.getCatIds())}
+    loaded = load_for_inference(checkpoint)
+    coco = load_coco(paths.annotation_file(data_dir, "val"))
+    names = category_names(coco)
     pairs = []
     for image_id in sorted(coco.getImgIds())[:count]:
-        image = read_image(os.path.join(data_dir, "val2017", coco.loadImgs(image_id)[0]["file_name"]))
+        file_name = coco.loadImgs(image_id)[0]["file_name"]
+        image = read_image(os.path.join(data_dir, paths.image_folder("val"), file_name))
         annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
         truth_boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)])
         truth = draw_boxes(image, truth_boxes.reshape(-1, 4), [a["category_id"] for a in annotations], names)
-        outputs = model(prepare_image(image, info["image_scale"])[None])
-        found = postprocessors["bbox"](outputs, torch.tensor([image.shape[-2:]]))[0]
+        (found,) = loaded.detect([image])
         keep = found["scores"] >= min_score
-        labels = found["labels"][keep].tolist()
-        if info["label_to_cat_id"] is not None:
-            labels = [info["label_to_cat_id"][label] for label in labels]
+        labels = category_ids(found["labels"][keep].numpy(), loaded.label_to_cat_id).tolist()
         predicted = draw_boxes(image, found["boxes"][keep], labels, names, found["scores"][keep].tolist())
         pairs.append((truth, predicted))
     save_side_by_side(pairs, path, columns=2)

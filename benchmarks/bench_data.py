@@ -20,7 +20,7 @@ import torchvision.transforms.functional as F_pil
 from PIL import Image
 
 from deformable_detr.data.annotations import coco_to_target
-from deformable_detr.data.coco import decode
+from deformable_detr.data.images import decode
 from deformable_detr.data.synthetic import draw_image
 from deformable_detr.data.transforms import (
     CROP_MAX_SIZE,
@@ -59,7 +59,7 @@ def run_ours(jpegs: list[bytes], stages: dict[str, float]) -> None:
     normalize = Normalize()
     for index, data in enumerate(jpegs):
         start = time.perf_counter()
-        image = decode(data, "bench", index)
+        image = decode(data, f"bench image {index}")
         decoded = time.perf_counter()
         target = coco_to_target(ANNOTATIONS, index, 480, 640)
         image, target = augment(image, target)

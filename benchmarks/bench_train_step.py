@@ -5,8 +5,10 @@
                                                                 # the paper's model on generated images (GPU)
 
 Each step is timed as the trial runs it: a batch from a DataLoader (decode, augment, pad), the model's
-forward, the Hungarian matching of every decoder layer (timed with hooks on the matcher), the rest of the
-criterion, backward, and clipping + the AdamW step. The first steps are warm-up and not counted.
+forward under the trial's autocast, the Hungarian matching of every decoder layer (timed with hooks on the
+matcher), the rest of the trial's loss function (`deformable_detr.training.steps.step_losses`: the float32
+cast, the criterion, the weighted total), backward, and clipping + the AdamW step. The first steps are
+warm-up and not counted.
 """
 
 import argparse
@@ -22,9 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
 import model as detr_model  # noqa: E402
+from deformable_detr.config.experiment import ExperimentSettings, load_experiment_config  # noqa: E402
+from deformable_detr.config.optim import AMP_MODES  # noqa: E402
 from deformable_detr.data import synthetic  # noqa: E402
-from deformable_detr.training.optim import OptimizationSettings, build_optimizer  # noqa: E402
-from deformable_detr.config.run import load_experiment_config, split_data_config  # noqa: E402
+from deformable_detr.training.optim import build_optimizer  # noqa: E402
+from deformable_detr.training.steps import autocast, step_losses  # noqa: E402
 
 PHASES = ("data", "forward", "matching", "loss", "backward", "optimizer")
 
@@ -38,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="cpu_synthetic.yaml")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
+    parser.add_argument("--amp", choices=AMP_MODES, default="off")
     parser.add_argument("--fake", action="store_true", help="generated images in memory instead of the config's data")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -51,26 +55,26 @@ def main() -> None:
 
     exp_conf, hparams = load_experiment_config(args.config)
     hparams["pretrained_backbone"] = False
-    settings = OptimizationSettings.from_hparams(hparams)
-    dataset_config, _ = split_data_config(exp_conf["data"])
+    experiment = ExperimentSettings.from_config(exp_conf, hparams)
+    settings = experiment.optimization
+    dataset_config = dict(experiment.data_section)
     workdir = tempfile.mkdtemp()
     if args.fake:
-        dataset_config = {"backend": "fake", "fake_length": 256, "image_scale": dataset_config.get("image_scale", 1.0)}
-    elif dataset_config["backend"] == "local" and not os.path.isdir(dataset_config["data_dir"]):
+        dataset_config = {"backend": "fake", "fake_length": 256, "image_scale": experiment.data.image_scale}
+    elif experiment.data.backend == "local" and not os.path.isdir(experiment.data.data_dir):
         dataset_config["data_dir"] = workdir
         synthetic.main(["--out", workdir, "--train", "256", "--val", "0", "--size", "256"])
     batch_size = args.batch_size or settings.global_batch_size
+    num_workers = 0 if args.fake else experiment.data.num_workers
     loader = torch.utils.data.DataLoader(
         data.build_dataset("train", dataset_config), batch_size=batch_size, shuffle=True,
-        num_workers=dataset_config.get("num_workers", 0), collate_fn=data.collate_fn, drop_last=True,
-        persistent_workers=dataset_config.get("num_workers", 0) > 0,
+        num_workers=num_workers, collate_fn=data.collate_fn, drop_last=True, persistent_workers=num_workers > 0,
     )
     model, criterion, _ = detr_model.build_model(hparams)
     model.to(device).train()
     criterion.to(device)
     optimizer = build_optimizer(model, settings)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
 
     totals: dict[str, float] = defaultdict(float)
     matching = {"start": 0.0, "seconds": 0.0}
@@ -101,13 +105,12 @@ def main() -> None:
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         synchronize(device)
         marks.append(time.perf_counter())
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with autocast(device.type, args.amp):
             outputs = model(images, mask)
         synchronize(device)
         marks.append(time.perf_counter())
         matched_before = matching["seconds"]
-        terms = criterion(outputs, targets)
-        loss = sum(terms[k] * criterion.weight_dict[k] for k in terms if k in criterion.weight_dict)
+        loss, _ = step_losses(criterion, outputs, targets)
         synchronize(device)
         marks.append(time.perf_counter())
         scaler.scale(loss).backward()

@@ -11,7 +11,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from deformable_detr.training.coco_eval import CocoDetectionReducer, detections_to_rows, evaluate_detections
+from deformable_detr.inference.results import detections_to_rows
+from deformable_detr.training.coco_eval import CocoDetectionReducer, evaluate_detections
 from deformable_detr.data import synthetic
 
 

@@ -5,12 +5,12 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from deformable_detr.models.criterion import SetCriterion, build_weight_dict
-from deformable_detr.config.model import ModelConfig
+from deformable_detr.config.model import ModelSettings
 from deformable_detr.models.matcher import HungarianMatcher
 
 
 def _criterion(num_classes: int = 5) -> SetCriterion:
-    config = ModelConfig(dec_layers=3, two_stage=True, with_box_refine=True, num_classes=num_classes)
+    config = ModelSettings(dec_layers=3, two_stage=True, with_box_refine=True, num_classes=num_classes)
     return SetCriterion(num_classes, HungarianMatcher(2, 5, 2), build_weight_dict(config), focal_alpha=0.25)
 
 
@@ -45,7 +45,7 @@ def test_every_term_is_returned_and_weighted() -> None:
     weighted = {name for name in losses if name in criterion.weight_dict}
     assert weighted == {name for name in expected if name.startswith(("loss_ce", "loss_bbox", "loss_giou"))}
     assert criterion.weight_dict["loss_giou_enc"] == 2.0 and criterion.weight_dict["loss_bbox_1"] == 5.0
-    total = sum(losses[name] * criterion.weight_dict[name] for name in weighted)
+    total = criterion.total_loss(losses)
     total.backward()
     assert torch.isfinite(total)
 
@@ -84,7 +84,7 @@ def test_perfect_boxes_give_zero_box_losses() -> None:
 
 
 def test_weight_dict_has_encoder_terms_for_two_stage_even_without_aux_loss() -> None:
-    weights = build_weight_dict(ModelConfig(aux_loss=False, two_stage=True, with_box_refine=True))
+    weights = build_weight_dict(ModelSettings(aux_loss=False, two_stage=True, with_box_refine=True))
     assert set(weights) == {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"}
 
 

@@ -5,19 +5,20 @@ import os
 import pytest
 
 import data
-from deformable_detr.config.data import DataConfig, default_annotations_dir, parse_data_config
+from deformable_detr.config.data import DataSettings
+from deformable_detr.data.build import annotations_dir
 
 
 def test_defaults_are_filled_in():
-    config = parse_data_config({"backend": "local", "data_dir": "coco"})
-    assert config == DataConfig(backend="local", data_dir="coco")
+    config = DataSettings.from_mapping({"backend": "local", "data_dir": "coco"})
+    assert config == DataSettings(backend="local", data_dir="coco")
     assert config.download and config.download_url == "http://images.cocodataset.org"
     assert config.num_workers == 4 and config.fake_length == 1000 and config.image_scale == 1.0
     assert config.cat_ids is None and config.augmentation == "detr"
 
 
 def test_cat_ids_and_numbers_are_normalised():
-    config = parse_data_config({"backend": "fake", "cat_ids": [3, 1], "image_scale": 1, "fake_length": 10})
+    config = DataSettings.from_mapping({"backend": "fake", "cat_ids": [3, 1], "image_scale": 1, "fake_length": 10})
     assert config.cat_ids == (3, 1) and config.image_scale == 1.0 and isinstance(config.image_scale, float)
 
 
@@ -30,6 +31,7 @@ def test_cat_ids_and_numbers_are_normalised():
         ({"backend": "gcs"}, "data_dir"),
         ({"backend": "gcs", "data_dir": "bucket/prefix"}, "data_dir"),
         ({"backend": "fake", "batch_size": 2}, "batch_size"),
+        ({"backend": "fake", "num_worker": 2}, r"'num_worker' \(did you mean 'num_workers'\?\)"),
         ({"backend": "fake", "num_workers": -1}, "num_workers"),
         ({"backend": "fake", "num_workers": True}, "num_workers"),
         ({"backend": "fake", "num_workers": "4"}, "num_workers"),
@@ -50,7 +52,7 @@ def test_cat_ids_and_numbers_are_normalised():
 )
 def test_bad_sections_are_rejected_naming_the_key(section, key):
     with pytest.raises(ValueError, match=key):
-        parse_data_config(section)
+        DataSettings.from_mapping(section)
 
 
 def test_build_dataset_rejects_an_unknown_image_set():
@@ -59,11 +61,11 @@ def test_build_dataset_rejects_an_unknown_image_set():
 
 
 def test_annotation_folder_defaults(monkeypatch):
-    assert default_annotations_dir(parse_data_config({"backend": "local", "data_dir": "d"})) == os.path.join(
+    assert annotations_dir(DataSettings.from_mapping({"backend": "local", "data_dir": "d"})) == os.path.join(
         "d", "annotations"
     )
     monkeypatch.setenv("XDG_CACHE_HOME", "cache-root")
-    gcs = parse_data_config({"backend": "gcs", "data_dir": "bucket"})
-    assert default_annotations_dir(gcs) == os.path.join("cache-root", "deformable_detr", "gcs", "bucket", "annotations")
-    explicit = parse_data_config({"backend": "gcs", "data_dir": "bucket", "annotations_dir": "here"})
-    assert default_annotations_dir(explicit) == "here"
+    gcs = DataSettings.from_mapping({"backend": "gcs", "data_dir": "bucket"})
+    assert annotations_dir(gcs) == os.path.join("cache-root", "deformable_detr", "gcs", "bucket", "annotations")
+    explicit = DataSettings.from_mapping({"backend": "gcs", "data_dir": "bucket", "annotations_dir": "here"})
+    assert annotations_dir(explicit) == "here"

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import data
-from deformable_detr.data.coco import ImageDecodeError
+from deformable_detr.data.images import ImageDecodeError
 from deformable_detr.data.synthetic import write_split
 
 

@@ -1,10 +1,12 @@
-"""Model hyperparameters: defaults, trial keys ignored, clear errors for misspelled or contradictory settings."""
+"""Hyperparameters: defaults, each key read by its owner, clear errors for misspelled or contradictory settings."""
 
 import math
 
 import pytest
 
-from deformable_detr.config.model import TRIAL_KEYS, ModelConfig
+from deformable_detr.config.experiment import TRIAL_KEYS, parse_hyperparameters
+from deformable_detr.config.model import ModelSettings
+from deformable_detr.config.optim import OptimizationSettings
 
 # The hyperparameters of a whole Determined experiment config for the authors' base model.
 WHOLE_CONFIG = {
@@ -22,14 +24,15 @@ WHOLE_CONFIG = {
 
 
 def test_empty_mapping_gives_the_authors_defaults() -> None:
-    config = ModelConfig.from_hparams({})
-    assert config == ModelConfig()
+    config, optimization = parse_hyperparameters({})
+    assert config == ModelSettings() and optimization == OptimizationSettings()
     assert (config.hidden_dim, config.num_queries, config.num_feature_levels, config.num_classes) == (256, 300, 4, 91)
     assert config.pretrained_backbone is False
 
 
-def test_whole_experiment_config_is_accepted_and_trial_keys_ignored() -> None:
-    config = ModelConfig.from_hparams(WHOLE_CONFIG)
+def test_whole_experiment_config_is_accepted_and_each_key_read_by_its_owner() -> None:
+    config, optimization = parse_hyperparameters(WHOLE_CONFIG)
+    assert optimization.lr_backbone == 2e-5 and optimization.lr_backbone_names == ("backbone.0",)
     assert config.pretrained_backbone is True
     assert config.set_cost_bbox == 5.0 and isinstance(config.set_cost_bbox, float)
     assert {"lr", "weight_decay", "clip_max_norm", "global_batch_size", "epochs", "amp"} <= TRIAL_KEYS
@@ -48,7 +51,7 @@ def test_whole_experiment_config_is_accepted_and_trial_keys_ignored() -> None:
         ({"hidden_dim": 48, "nheads": 8}, "'hidden_dim' must be a multiple of 32"),
         ({"num_feature_levels": 2}, "'num_feature_levels' must be 1"),
         ({"num_feature_levels": 0}, "'num_feature_levels' must be 1"),
-        ({"backbone": "resnet152"}, "'backbone': 'resnet152' is not one of"),
+        ({"backbone": "resnet152"}, "'backbone' must be one of .*, got 'resnet152'"),
         ({"backbone": "resnet18", "dilation": True}, "'dilation': resnet18"),
         ({"position_embedding": "cosine"}, "'position_embedding'"),
         ({"dropout": 1.0}, "'dropout' must be in"),
@@ -56,15 +59,15 @@ def test_whole_experiment_config_is_accepted_and_trial_keys_ignored() -> None:
         ({"set_cost_class": 0, "set_cost_bbox": 0, "set_cost_giou": 0}, "cannot all be 0"),
         ({"two_stage": True}, "'two_stage' requires 'with_box_refine'"),
         ({"masks": True}, "'masks': segmentation is not supported"),
-        ({"backbone_norm": "group_norm"}, "'backbone_norm': 'group_norm' is not one of"),
+        ({"backbone_norm": "group_norm"}, "'backbone_norm' must be one of .*, got 'group_norm'"),
         ({"trainable_backbone_layers": 6}, "'trainable_backbone_layers' must be in"),
     ],
 )
 def test_bad_settings_raise_naming_the_key(hparams: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ModelConfig.from_hparams(hparams)
+        parse_hyperparameters(hparams)
 
 
 def test_backbone_trains_only_with_a_positive_learning_rate() -> None:
-    assert ModelConfig.from_hparams({"lr_backbone": 1e-5}).train_backbone
-    assert not ModelConfig.from_hparams({"lr_backbone": 0}).train_backbone
+    assert parse_hyperparameters({"lr_backbone": 1e-5})[1].train_backbone
+    assert not parse_hyperparameters({"lr_backbone": 0})[1].train_backbone

@@ -105,7 +105,7 @@ def test_batch_norm_backbone_normalises_with_batch_statistics_and_updates_its_ru
     before = norms[0].running_mean.clone()
     detector.train()
     losses = criterion(detector(_images()), TARGETS)
-    sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses).backward()
+    criterion.total_loss(losses).backward()
     assert not torch.equal(norms[0].running_mean, before)
     assert all(p.requires_grad and p.grad is not None for p in norms[0].parameters())
     detector.eval()
@@ -125,7 +125,7 @@ def test_other_options_build_and_run(options: dict) -> None:
     detector, criterion, _ = model.build_model({**TINY, **options})
     outputs = detector(_images())
     losses = criterion(outputs, TARGETS)
-    total = sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses)
+    total = criterion.total_loss(losses)
     total.backward()
     assert torch.isfinite(total)
 
@@ -141,7 +141,7 @@ def test_a_tiny_model_trains_with_finite_decreasing_loss(variant: str) -> None:
     history = []
     for _ in range(8):
         losses = criterion(detector(images), TARGETS)
-        total = sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses)
+        total = criterion.total_loss(losses)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()

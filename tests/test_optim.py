@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import model as detr_model
-from deformable_detr.training.optim import OptimizationSettings, build_lr_scheduler, build_optimizer, build_param_groups
+from deformable_detr.config.experiment import parse_hyperparameters
+from deformable_detr.config.optim import OptimizationSettings
+from deformable_detr.training.optim import build_lr_scheduler, build_optimizer, build_param_groups
 from trial_runs import TINY_MODEL
 
 
@@ -54,9 +56,11 @@ def test_optimizer_choice_and_step_schedule(tiny_model):
         ({"lr_drop": 0}, "'lr_drop' must be a positive integer"),
         ({"sgd": 1}, "'sgd' must be true or false"),
         ({"amp": "fp8"}, "'amp' must be one of"),
+        ({"lr_drop": True}, "'lr_drop' must be an integer"),
+        ({"lr_linear_proj_names": ["a", 1]}, "must be a list of strings"),
         ({"lr_backbone_names": "backbone.0"}, "must be a list of strings"),
     ],
 )
 def test_bad_optimisation_settings_name_the_key(hparams, message):
     with pytest.raises(ValueError, match=message):
-        OptimizationSettings.from_hparams(hparams)
+        parse_hyperparameters(hparams)

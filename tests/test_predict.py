@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 
 import predict
 from deformable_detr.data import synthetic
+from deformable_detr.data.images import ImageDecodeError
 from deformable_detr.inference.loading import CheckpointMismatchError
 from trial_runs import checkpoints, run_script, write_config
 
@@ -57,7 +58,7 @@ def test_threshold_keeps_only_confident_detections(trained, tmp_path):
 def test_unreadable_image_is_named(trained, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 this is not a jpeg")
-    with pytest.raises(predict.UnreadableImageError, match="broken.jpg"):
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
         predict.predict(trained["checkpoint"], [str(broken)], str(tmp_path / "out"))
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deformable_detr.data import synthetic
+from deformable_detr.inference.loading import DETERMINED_CHECKPOINT_GLOBALS
 from trial_runs import TINY_MODEL, checkpoints, read_metrics, run_script, write_config
 
 pytestmark = pytest.mark.slow
@@ -75,10 +76,8 @@ def test_trial_trains_on_synthetic_coco_from_disk(synthetic_run):
 
 
 def _load_state(checkpoint_dir: str) -> dict:
-    from deformable_detr.training.determined_compat import allow_determined_rng_state
-
-    allow_determined_rng_state()
-    return torch.load(os.path.join(checkpoint_dir, "state_dict.pth"), map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(DETERMINED_CHECKPOINT_GLOBALS):
+        return torch.load(os.path.join(checkpoint_dir, "state_dict.pth"), map_location="cpu", weights_only=True)
 
 
 def _assert_same_tree(a, b, where: str = "") -> None:

@@ -1,21 +1,25 @@
-"""The experiment config's `data:` section, validated into a typed `DataConfig`."""
+"""The experiment config's `data:` section as `DataSettings`: which backend, where the images are, how they
+are prepared, how many loader workers read them. `trainer` in that section is the run's (`RunSettings`)."""
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from deformable_detr.data.transforms import AUGMENTATIONS
+from deformable_detr.config.parsing import field_names, parse_settings, reject_unknown, require, require_choice
 
+SECTION = "data"
 BACKENDS = ("gcs", "local", "fake")
-IMAGE_SETS = ("train", "val")
-# Keys whose value is one of a fixed set.
-_CHOICES = {"backend": BACKENDS, "augmentation": AUGMENTATIONS}
+# Training augmentations: the authors' (flip, multi-scale resize, random crop), or a flip before the
+# validation resize, which keeps every object whole and at the size it has in validation.
+AUGMENTATIONS = ("detr", "flip")
 DEFAULT_DOWNLOAD_URL = "http://images.cocodataset.org"
+# The key of the data section that holds the run settings.
+TRAINER_KEY = "trainer"
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Every key of the `data:` section, with its default; see the README (section "Data") for their meaning."""
+class DataSettings:
+    """Every key of the `data:` section but `trainer`, with its default; see docs/data.md for their meaning."""
 
     backend: str
     data_dir: str | None = None
@@ -30,89 +34,38 @@ class DataConfig:
     retry_timeout_s: float = 120.0
     retry_initial_backoff_s: float = 1.0
 
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any]) -> "DataSettings":
+        """Validate the `data:` section and fill in defaults (a key set to null takes its default).
 
-# key -> (accepted types, description used in error messages)
-_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "backend": ((str,), "one of " + ", ".join(BACKENDS)),
-    "data_dir": ((str,), "a string"),
-    "annotations_dir": ((str,), "a string"),
-    "download": ((bool,), "a bool"),
-    "download_url": ((str,), "a string"),
-    "num_workers": ((int,), "an int"),
-    "fake_length": ((int,), "an int"),
-    "cat_ids": ((list, tuple), "a list of ints"),
-    "image_scale": ((float, int), "a number"),
-    "augmentation": ((str,), "one of " + ", ".join(AUGMENTATIONS)),
-    "retry_timeout_s": ((float, int), "a number"),
-    "retry_initial_backoff_s": ((float, int), "a number"),
-}
+        Raises:
+            ValueError naming the key for an unknown key, a missing required key, a wrong type or a bad value.
+        """
+        if not isinstance(section, Mapping):
+            raise ValueError(f"data: the section must be a mapping, got {type(section).__name__}")
+        reject_unknown(SECTION, section, field_names(cls) | {TRAINER_KEY})
+        given = {key: value for key, value in section.items() if value is not None and key != TRAINER_KEY}
+        require(SECTION, "backend", "backend" in given, f"is required (one of {', '.join(BACKENDS)})")
+        return parse_settings(cls, SECTION, given)
 
-
-def _check_type(key: str, value: Any) -> None:
-    types, description = _TYPES[key]
-    # bool is an int subclass: `num_workers: true` is a mistake, not 1.
-    if isinstance(value, bool) and bool not in types:
-        raise ValueError(f"data.{key} must be {description}, got {value!r}")
-    if not isinstance(value, types):
-        raise ValueError(f"data.{key} must be {description}, got {value!r} ({type(value).__name__})")
-
-
-def parse_data_config(config: dict[str, Any]) -> DataConfig:
-    """Validate the `data:` section (a plain dict) and fill in defaults.
-
-    Raises:
-        ValueError naming the key for an unknown key, a missing required key, a wrong type or a bad value.
-    """
-    if not isinstance(config, dict):
-        raise ValueError(f"data config must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(_TYPES))
-    if unknown:
-        raise ValueError(f"data: unknown key(s) {unknown}; known keys are {sorted(_TYPES)}")
-    values = {key: value for key, value in config.items() if value is not None}
-    for key, value in values.items():
-        _check_type(key, value)
-
-    if "backend" not in values:
-        raise ValueError(f"data.backend is required (one of {', '.join(BACKENDS)})")
-    for key, choices in _CHOICES.items():
-        if key in values and values[key] not in choices:
-            raise ValueError(f"data.{key} must be one of {', '.join(choices)}, got {values[key]!r}")
-    backend = values["backend"]
-    if backend in ("gcs", "local") and not values.get("data_dir"):
-        raise ValueError(f"data.data_dir is required for backend {backend!r} (bucket name or folder)")
-    if backend == "gcs" and "/" in values["data_dir"]:
-        raise ValueError(f"data.data_dir must be a bare bucket name for backend 'gcs', got {values['data_dir']!r}")
-
-    if values.get("num_workers", 0) < 0:
-        raise ValueError(f"data.num_workers must be >= 0, got {values['num_workers']}")
-    if values.get("fake_length", 1) < 1:
-        raise ValueError(f"data.fake_length must be >= 1, got {values['fake_length']}")
-    for key in ("image_scale", "retry_timeout_s"):
-        if key in values and not values[key] > 0:
-            raise ValueError(f"data.{key} must be > 0, got {values[key]}")
-    if values.get("retry_initial_backoff_s", 0) < 0:
-        raise ValueError(f"data.retry_initial_backoff_s must be >= 0, got {values['retry_initial_backoff_s']}")
-
-    if "cat_ids" in values:
-        cat_ids = values["cat_ids"]
-        if len(cat_ids) == 0 or not all(isinstance(c, int) and not isinstance(c, bool) for c in cat_ids):
-            raise ValueError(f"data.cat_ids must be a non-empty list of ints (COCO category ids), got {cat_ids!r}")
-        if len(set(cat_ids)) != len(cat_ids):
-            raise ValueError(f"data.cat_ids has duplicates: {cat_ids!r}")
-        if any(c < 1 for c in cat_ids):
-            raise ValueError(f"data.cat_ids must be positive COCO category ids, got {cat_ids!r}")
-        values["cat_ids"] = tuple(cat_ids)
-    for key in ("image_scale", "retry_timeout_s", "retry_initial_backoff_s"):
-        if key in values:
-            values[key] = float(values[key])
-    return DataConfig(**values)
-
-
-def default_annotations_dir(config: DataConfig) -> str:
-    """Where annotation JSONs are read (local) or cached (gcs) when `annotations_dir` is not set."""
-    if config.annotations_dir is not None:
-        return config.annotations_dir
-    if config.backend == "local":
-        return os.path.join(config.data_dir, "annotations")
-    cache_root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache_root, "deformable_detr", "gcs", config.data_dir, "annotations")
+    def validate(self) -> None:
+        require_choice(SECTION, "backend", self.backend, BACKENDS)
+        require_choice(SECTION, "augmentation", self.augmentation, AUGMENTATIONS)
+        if self.backend in ("gcs", "local"):
+            require(SECTION, "data_dir", bool(self.data_dir),
+                    f"is required for backend {self.backend!r} (bucket name or folder)")
+        if self.backend == "gcs":
+            require(SECTION, "data_dir", "/" not in self.data_dir,
+                    f"must be a bare bucket name for backend 'gcs', got {self.data_dir!r}")
+        require(SECTION, "num_workers", self.num_workers >= 0, f"must be >= 0, got {self.num_workers}")
+        require(SECTION, "fake_length", self.fake_length >= 1, f"must be >= 1, got {self.fake_length}")
+        for key in ("image_scale", "retry_timeout_s"):
+            require(SECTION, key, getattr(self, key) > 0, f"must be > 0, got {getattr(self, key)}")
+        require(SECTION, "retry_initial_backoff_s", self.retry_initial_backoff_s >= 0,
+                f"must be >= 0, got {self.retry_initial_backoff_s}")
+        if self.cat_ids is not None:
+            cat_ids = list(self.cat_ids)
+            require(SECTION, "cat_ids", len(cat_ids) > 0, "must be a non-empty list of COCO category ids")
+            require(SECTION, "cat_ids", len(set(cat_ids)) == len(cat_ids), f"has duplicates: {cat_ids!r}")
+            require(SECTION, "cat_ids", all(c >= 1 for c in cat_ids),
+                    f"must be positive COCO category ids, got {cat_ids!r}")

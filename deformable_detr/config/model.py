@@ -1,34 +1,14 @@
-"""The model and loss settings of Deformable DETR, validated in one place.
+"""The model and loss settings of Deformable DETR: `ModelSettings`.
 
-`ModelConfig.from_hparams(mapping)` reads an experiment's `hyperparameters` mapping (the names Determined's
-configs use, which are the authors' command-line names). Keys owned by the trial (optimisation and schedule,
-`deformable_detr.training.optim.OptimizationSettings`) are listed in `TRIAL_KEYS` and ignored here; any other unknown key
-is an error: data and run settings belong in the config's `data:` section, not among the hyperparameters.
+They are read from an experiment's `hyperparameters` mapping (the names Determined's configs use, which are
+the authors' command-line names) by `deformable_detr.config.experiment.parse_hyperparameters`, which also
+rejects keys that neither these settings nor `OptimizationSettings` own.
 """
 
 import dataclasses
-import difflib
 import math
-from collections.abc import Mapping
-from typing import Any
 
-# Keys of an experiment's hyperparameters that the trial (optimiser, schedule, data, run control) reads;
-# the model ignores them.
-TRIAL_KEYS: frozenset[str] = frozenset(
-    {
-        "lr",
-        "lr_backbone_names",
-        "lr_linear_proj_names",
-        "lr_linear_proj_mult",
-        "weight_decay",
-        "sgd",
-        "lr_drop",
-        "clip_max_norm",
-        "global_batch_size",
-        "epochs",
-        "amp",
-    }
-)
+from deformable_detr.config.parsing import HYPERPARAMETERS, require, require_choice
 
 # Segmentation settings of the authors' command line: accepted so that their configs load, but the
 # segmentation head is not part of this package, so `masks` must be false.
@@ -42,7 +22,7 @@ CHOICES = {"backbone": BACKBONES, "position_embedding": POSITION_EMBEDDINGS, "ba
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelSettings:
     """Model and loss settings; the defaults are those of the authors' command line.
 
     backbone: torchvision ResNet name. dilation: DC5 (dilate layer4 instead of striding).
@@ -53,8 +33,8 @@ class ModelConfig:
     aux_loss: losses on every decoder layer. with_box_refine: iterative box refinement.
     two_stage: encoder proposals select the queries (requires with_box_refine).
     set_cost_*: Hungarian matching weights. *_loss_coef: loss weights. focal_alpha: focal loss alpha.
-    lr_backbone: the backbone's learning rate; 0 freezes it.
-    trainable_backbone_layers: how many ResNet stages train when lr_backbone > 0, counted from the top:
+    trainable_backbone_layers: how many ResNet stages train when the backbone trains (`lr_backbone` > 0,
+        an optimisation setting), counted from the top:
         3 = layer2-4 (the authors' choice for an ImageNet start), 4 adds layer1, 5 adds the stem (conv1).
     backbone_norm: "frozen_batch_norm" (the authors': fixed statistics, right for pretrained weights) or
         "batch_norm" (trained, batch statistics: what a backbone trained from scratch needs).
@@ -87,41 +67,16 @@ class ModelConfig:
     bbox_loss_coef: float = 5.0
     giou_loss_coef: float = 2.0
     focal_alpha: float = 0.25
-    lr_backbone: float = 2e-5
     trainable_backbone_layers: int = 3
     backbone_norm: str = "frozen_batch_norm"
     num_classes: int = 91
     nms_iou_threshold: float = 1.0
     pretrained_backbone: bool = False
 
-    @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> "ModelConfig":
-        """Build from a hyperparameters mapping; raises ValueError naming any bad key."""
-        if not isinstance(hparams, Mapping):
-            raise ValueError(f"hyperparameters must be a mapping, got {type(hparams).__name__}")
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        known = set(fields) | TRIAL_KEYS | SEGMENTATION_KEYS
-        unknown = sorted(key for key in hparams if key not in known)
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), sorted(known), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown hyperparameter(s): {', '.join(hints)}")
-        if hparams.get("masks", False) is not False:
-            raise ValueError("hyperparameter 'masks': segmentation is not supported; set it to false or remove it")
-        values = {name: _coerce(name, fields[name].type, hparams[name]) for name in fields if name in hparams}
-        config = cls(**values)
-        config.validate()
-        return config
-
     def validate(self) -> None:
         """Raise ValueError for values out of range and for contradictory settings."""
         for name, choices in CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"hyperparameter {name!r}: {getattr(self, name)!r} is not one of {', '.join(choices)}"
-                )
+            require_choice(HYPERPARAMETERS, name, getattr(self, name), choices)
         if self.dilation and self.backbone in ("resnet18", "resnet34"):
             raise ValueError(f"hyperparameter 'dilation': {self.backbone} (basic blocks) cannot be dilated")
         if self.two_stage and not self.with_box_refine:
@@ -142,39 +97,12 @@ class ModelConfig:
         _require("hidden_dim", self.hidden_dim % 32 == 0, "must be a multiple of 32 (GroupNorm with 32 groups)")
         _require("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
         _require("focal_alpha", 0.0 <= self.focal_alpha <= 1.0, "must be in [0, 1]")
-        _require("lr_backbone", self.lr_backbone >= 0.0, "must be >= 0")
         for name in ("set_cost_class", "set_cost_bbox", "set_cost_giou", "cls_loss_coef", "bbox_loss_coef",
                      "giou_loss_coef"):
             _require(name, getattr(self, name) >= 0.0, "must be >= 0")
         if self.set_cost_class == 0 and self.set_cost_bbox == 0 and self.set_cost_giou == 0:
             raise ValueError("hyperparameters 'set_cost_class', 'set_cost_bbox', 'set_cost_giou' cannot all be 0")
 
-    @property
-    def train_backbone(self) -> bool:
-        return self.lr_backbone > 0
-
 
 def _require(name: str, condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(f"hyperparameter {name!r} {message}")
-
-
-def _coerce(name: str, kind: Any, value: Any) -> Any:
-    """Check a value against the field's type; ints are accepted for floats, nothing else is converted."""
-    if kind in (bool, "bool"):
-        if not isinstance(value, bool):
-            raise ValueError(f"hyperparameter {name!r} must be true or false, got {value!r}")
-        return value
-    if kind in (int, "int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"hyperparameter {name!r} must be an integer, got {value!r}")
-        return value
-    if kind in (float, "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"hyperparameter {name!r} must be a number, got {value!r}")
-        return float(value)
-    if kind in (str, "str"):
-        if not isinstance(value, str):
-            raise ValueError(f"hyperparameter {name!r} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"ModelConfig field {name!r} has an unsupported type {kind!r}")
+    require(HYPERPARAMETERS, name, condition, message)

@@ -28,3 +28,13 @@ def pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         batch[index, :, : image.shape[1], : image.shape[2]].copy_(image)
         mask[index, : image.shape[1], : image.shape[2]] = False
     return batch, mask
+
+
+def collate_fn(
+    batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Batch dataset items of different sizes: images [B, 3, H, W] zero-padded bottom/right, mask bool [B, H, W]
+    (True at padding) and the list of B targets."""
+    images, targets = zip(*batch)
+    padded, mask = pad_images(list(images))
+    return padded, mask, list(targets)

@@ -1,4 +1,15 @@
-"""Names of the COCO 2017 detection categories, by category id (ids 1..90 with gaps, 80 in use)."""
+"""COCO categories: the 2017 names by category id, and the mapping between model labels and category ids.
+
+Labels are the category ids themselves, unless a dataset is restricted to `cat_ids`: then label i is
+`cat_ids[i]` (`label_to_cat_id`), so that the classifier has only as many outputs as categories.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+
+# The 2017 detection categories (ids 1..90 with gaps, 80 in use).
 
 COCO_CATEGORY_NAMES: dict[int, str] = {
     1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train", 8: "truck",
@@ -14,3 +25,21 @@ COCO_CATEGORY_NAMES: dict[int, str] = {
     79: "oven", 80: "toaster", 81: "sink", 82: "refrigerator", 84: "book", 85: "clock", 86: "vase",
     87: "scissors", 88: "teddy bear", 89: "hair drier", 90: "toothbrush",
 }
+
+
+def label_mapping(cat_ids: Sequence[int] | None) -> tuple[list[int] | None, dict[int, int] | None]:
+    """(label_to_cat_id, cat_id_to_label) for a restriction to `cat_ids`; (None, None) without one."""
+    if cat_ids is None:
+        return None, None
+    return list(cat_ids), {cat_id: label for label, cat_id in enumerate(cat_ids)}
+
+
+def category_ids(labels: np.ndarray, label_to_cat_id: Sequence[int] | None) -> np.ndarray:
+    """The COCO category id of each model label in `labels` [K] (the labels themselves when not remapped)."""
+    labels = np.asarray(labels)
+    return labels if label_to_cat_id is None else np.asarray(label_to_cat_id)[labels]
+
+
+def category_names(coco: COCO) -> dict[int, str]:
+    """{category id: name} of an annotation file's categories."""
+    return {category["id"]: category["name"] for category in coco.loadCats(coco.getCatIds())}

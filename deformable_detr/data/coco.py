@@ -1,46 +1,19 @@
-"""A COCO detection dataset over any image store (local folder, GCS bucket): decode, target, augment."""
+"""A COCO detection dataset over any image store (local folder, bucket): decode, target, augment."""
 
 import contextlib
 import io
 import os
-from typing import Protocol
 from collections.abc import Sequence
 
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from deformable_detr.data.annotations import coco_to_target
+from deformable_detr.data.categories import label_mapping
+from deformable_detr.data.images import decode
+from deformable_detr.data.stores import ImageStore
 from deformable_detr.data.transforms import Target, Transform
-
-
-class ImageDecodeError(RuntimeError):
-    """An image file that is corrupt, truncated or not an image."""
-
-
-class ImageStore(Protocol):
-    """Where image bytes come from; `path` is relative to the dataset root, e.g. 'train2017/x.jpg'."""
-
-    def read(self, path: str) -> bytes: ...
-
-    def describe(self, path: str) -> str:
-        """A full location for error messages (file path or gs:// URL)."""
-        ...
-
-
-class LocalImageStore:
-    """Images in a folder on disk."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    def read(self, path: str) -> bytes:
-        with open(os.path.join(self.root, path), "rb") as file:
-            return file.read()
-
-    def describe(self, path: str) -> str:
-        return os.path.join(self.root, path)
 
 
 def load_coco(annotation_file: str) -> COCO:
@@ -72,18 +45,8 @@ def restrict_to_categories(coco: COCO, cat_ids: Sequence[int]) -> COCO:
     return subset
 
 
-def decode(data: bytes, location: str, image_id: int) -> torch.Tensor:
-    """JPEG/PNG bytes -> uint8 [3, H, W] (libjpeg-turbo through torchvision; grey images become RGB)."""
-    if not data:
-        raise ImageDecodeError(f"cannot decode image id {image_id} ({location}): the file is empty")
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as error:
-        raise ImageDecodeError(f"cannot decode image id {image_id} ({location}): {error}") from error
-
-
 class CocoDetection(Dataset):
-    """Items are (image float32 [3, H, W], target) as documented in the README (section "Data").
+    """Items are (image float32 [3, H, W], target) as documented in docs/data.md.
 
     Attributes:
         coco: the pycocotools COCO of the items (restricted to `cat_ids` when given).
@@ -103,11 +66,7 @@ class CocoDetection(Dataset):
         self.transforms = transforms
         if cat_ids is not None:
             coco = restrict_to_categories(coco, cat_ids)
-            self.label_to_cat_id: list[int] | None = list(cat_ids)
-            self.cat_id_to_label: dict[int, int] | None = {c: label for label, c in enumerate(cat_ids)}
-        else:
-            self.label_to_cat_id = None
-            self.cat_id_to_label = None
+        self.label_to_cat_id, self.cat_id_to_label = label_mapping(cat_ids)
         self.coco = coco
         self.ids = sorted(coco.imgs)
 
@@ -122,7 +81,7 @@ class CocoDetection(Dataset):
             content = self.store.read(path)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"image id {image_id}: {error}") from error
-        image = decode(content, self.store.describe(path), image_id)
+        image = decode(content, f"image id {image_id} ({self.store.describe(path)})")
         height, width = image.shape[-2:]
         target = coco_to_target(self.coco.imgToAnns[image_id], image_id, height, width, self.cat_id_to_label)
         return image, target

@@ -13,6 +13,8 @@ import zipfile
 from filelock import FileLock
 from tqdm import tqdm
 
+from deformable_detr.data import paths
+
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
@@ -151,7 +153,7 @@ def coco_zip_urls(base_url: str, image_set: str) -> dict[str, str]:
     """{'images': ..., 'annotations': ...} zip URLs of one image set under the official site's layout."""
     base = base_url.rstrip("/")
     return {
-        "images": f"{base}/zips/{image_set}2017.zip",
+        "images": f"{base}/zips/{paths.image_folder(image_set)}.zip",
         "annotations": f"{base}/annotations/annotations_trainval2017.zip",
     }
 
@@ -161,7 +163,7 @@ def ensure_coco(data_dir: str, annotation_file: str, image_set: str, download: b
 
     A file lock in `data_dir` makes one process per node download while the others wait for it.
     """
-    image_dir = os.path.join(data_dir, f"{image_set}2017")
+    image_dir = os.path.join(data_dir, paths.image_folder(image_set))
 
     def missing() -> dict[str, str]:
         return {
@@ -174,7 +176,7 @@ def ensure_coco(data_dir: str, annotation_file: str, image_set: str, download: b
         return
     if not download:
         raise FileNotFoundError(f"COCO data not found: expected {sorted(missing().values())} (data.download is false)")
-    official = os.path.join(data_dir, "annotations", f"instances_{image_set}2017.json")
+    official = paths.annotation_file(data_dir, image_set)
     if "annotations" in missing() and os.path.abspath(annotation_file) != os.path.abspath(official):
         # The zip extracts to <data_dir>/annotations: it cannot fill a folder named elsewhere.
         raise FileNotFoundError(

@@ -11,6 +11,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from deformable_detr.data.annotations import coco_to_target
+from deformable_detr.data.categories import label_mapping
+from deformable_detr.data.sampling import mix_seed
 from deformable_detr.data.transforms import Target, Transform
 
 COCO_CAT_IDS = tuple(range(1, 91))
@@ -44,8 +46,7 @@ class FakeCocoDetection(Dataset):
         self.max_side = max(self.min_side, min(round(MAX_SIDE * image_scale), self.height, self.width))
         self.seed = seed
         self.cat_ids = tuple(cat_ids) if cat_ids is not None else COCO_CAT_IDS
-        self.label_to_cat_id: list[int] | None = list(cat_ids) if cat_ids is not None else None
-        self.cat_id_to_label = {c: label for label, c in enumerate(cat_ids)} if cat_ids is not None else None
+        self.label_to_cat_id, self.cat_id_to_label = label_mapping(cat_ids)
 
     def __len__(self) -> int:
         return self.length
@@ -53,7 +54,7 @@ class FakeCocoDetection(Dataset):
     def _generator(self, index: int) -> torch.Generator:
         if not 0 <= index < self.length:
             raise IndexError(f"fake dataset index {index} out of range [0, {self.length})")
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.Generator().manual_seed(mix_seed(self.seed, index))
 
     def image_id(self, index: int) -> int:
         return index + 1  # COCO image ids start at 1

@@ -1,17 +1,12 @@
 """Images and annotation files from a Google Cloud Storage bucket, with bounded retries."""
 
-import logging
 import os
-import tempfile
 from typing import Any
 
-from filelock import FileLock
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
-
-logger = logging.getLogger(__name__)
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 
@@ -64,25 +59,3 @@ class GcsImageStore:
 
     def describe(self, path: str) -> str:
         return f"gs://{self.bucket_name}/{path}"
-
-    def cache_file(self, path: str, destination: str) -> str:
-        """Copy blob `path` to the local file `destination` once (atomic rename; a lock for concurrent
-        processes) and return `destination`."""
-        if os.path.exists(destination):
-            return destination
-        folder = os.path.dirname(destination) or "."
-        os.makedirs(folder, exist_ok=True)
-        with FileLock(destination + ".lock"):
-            if os.path.exists(destination):
-                return destination
-            logger.info("caching %s to %s", self.describe(path), destination)
-            data = self.read(path)
-            handle, temporary = tempfile.mkstemp(prefix=".part-", dir=folder)
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(data)
-                os.replace(temporary, destination)
-            finally:
-                if os.path.exists(temporary):
-                    os.remove(temporary)
-        return destination

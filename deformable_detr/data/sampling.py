@@ -1,5 +1,9 @@
 """Reproducible, resumable sampling: the order and the augmentation of every sample depend only on
-(seed, epoch, index), so a run gives the same batches whatever the worker count and after a resume."""
+(seed, epoch, index), so a run gives the same batches whatever the worker count and after a resume.
+
+`make_generator` and `seed_worker` seed a plain DataLoader's shuffling and workers instead:
+`DataLoader(..., worker_init_fn=seed_worker, generator=make_generator(seed, rank))`.
+"""
 
 import random
 from collections.abc import Iterator
@@ -7,6 +11,15 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+
+# Spreads derived seeds apart: no two (seed, number) pairs of a run share a derived seed.
+SEED_STRIDE = 1_000_003
+
+
+def mix_seed(seed: int, number: int) -> int:
+    """The seed of item `number` (a sample, an epoch, a rank) of a stream seeded with `seed`."""
+    return seed * SEED_STRIDE + number
 
 
 class EpochShuffleBatchSampler(Sampler[list[int]]):
@@ -51,7 +64,7 @@ class EpochShuffleBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             order = torch.randperm(self.dataset_length, generator=generator).tolist()
         else:
             order = list(range(self.dataset_length))
@@ -84,7 +97,7 @@ class PerSampleSeededDataset(Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, sample_number: int):
-        sample_seed = (self.seed * 1_000_003 + int(sample_number)) % (2**63)
+        sample_seed = mix_seed(self.seed, int(sample_number)) % (2**63)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
@@ -95,3 +108,20 @@ class PerSampleSeededDataset(Dataset):
             finally:
                 random.setstate(python_state)
                 np.random.set_state(numpy_state)
+
+
+def make_generator(seed: int, rank: int = 0) -> torch.Generator:
+    """A CPU torch.Generator for a DataLoader's `generator=`, seeded from the trial seed and the process rank
+    (ranks must not draw the same augmentations for their different images). It fixes the shuffling order and
+    the base seed DataLoader gives each worker's torch RNG (which the transforms use)."""
+    generator = torch.Generator()
+    generator.manual_seed(mix_seed(rank, seed))
+    return generator
+
+
+def seed_worker(worker_id: int) -> None:
+    """`worker_init_fn`: seed `random` and NumPy from the worker's torch seed (base seed + worker id)."""
+    del worker_id  # already folded into torch.initial_seed() by DataLoader
+    worker_seed = torch.initial_seed() % 2**32
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)

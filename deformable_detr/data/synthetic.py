@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from deformable_detr.data.paths import annotation_file, image_folder
+
 CATEGORIES = [
     {"id": 1, "name": "rectangle", "supercategory": "shape"},
     {"id": 2, "name": "ellipse", "supercategory": "shape"},
@@ -154,7 +156,7 @@ def write_split(
     out: str, split: str, count: int, size: int, seed: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0
 ) -> str:
     """Write `count` JPEGs to out/<split>2017/ and their annotations; returns the annotation file's path."""
-    image_dir = os.path.join(out, f"{split}2017")
+    image_dir = os.path.join(out, image_folder(split))
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
     images, annotations = [], []
@@ -166,7 +168,7 @@ def write_split(
         images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
         for record in records:
             annotations.append({**record, "id": len(annotations) + 1, "image_id": image_id})
-    path = os.path.join(out, "annotations", f"instances_{split}2017.json")
+    path = annotation_file(out, split)
     dataset = {
         "info": {"description": f"synthetic shapes, seed {seed}"},
         "images": images,

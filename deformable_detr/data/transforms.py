@@ -11,6 +11,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from deformable_detr.config.data import AUGMENTATIONS
+
 Target = dict[str, torch.Tensor]
 Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 
@@ -188,9 +190,6 @@ def _scaled(values: Sequence[int], image_scale: float) -> list[int]:
     return [int(round(value * image_scale)) for value in values]
 
 
-# Training augmentations: the authors' (flip, multi-scale resize, random crop), or a flip before the
-# validation resize, which keeps every object whole and at the size it has in validation.
-AUGMENTATIONS = ("detr", "flip")
 
 
 def make_transforms(image_set: str, image_scale: float = 1.0, augmentation: str = "detr") -> Compose:

@@ -7,8 +7,8 @@ import torch
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from deformable_detr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#808000")
 
 

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
-from deformable_detr.config.model import ModelConfig
+from deformable_detr.config.model import ModelSettings
 from deformable_detr.models.position_encoding import build_position_encoding
 
 # ResNet stages from the top; the first `trainable_backbone_layers` of them train.
@@ -82,19 +82,20 @@ class Joiner(nn.Sequential):
         return features, positions
 
 
-def build_backbone(config: ModelConfig) -> Joiner:
-    weights = "IMAGENET1K_V1" if config.pretrained_backbone else None  # the weights the authors started from
+def build_backbone(settings: ModelSettings, train: bool) -> Joiner:
+    """The ResNet of `settings` with its position encoding; `train`: whether the backbone trains at all."""
+    weights = "IMAGENET1K_V1" if settings.pretrained_backbone else None  # the weights the authors started from
     resnet = torchvision.models.get_model(
-        config.backbone,
+        settings.backbone,
         weights=weights,
-        replace_stride_with_dilation=[False, False, config.dilation],
-        norm_layer=FrozenBatchNorm2d if config.backbone_norm == "frozen_batch_norm" else nn.BatchNorm2d,
+        replace_stride_with_dilation=[False, False, settings.dilation],
+        norm_layer=FrozenBatchNorm2d if settings.backbone_norm == "frozen_batch_norm" else nn.BatchNorm2d,
     )
     backbone = Backbone(
         resnet,
-        _CHANNELS[config.backbone],
-        trainable_layers=config.trainable_backbone_layers if config.train_backbone else 0,
-        return_interm_layers=config.num_feature_levels > 1,
-        dilation=config.dilation,
+        _CHANNELS[settings.backbone],
+        trainable_layers=settings.trainable_backbone_layers if train else 0,
+        return_interm_layers=settings.num_feature_levels > 1,
+        dilation=settings.dilation,
     )
-    return Joiner(backbone, build_position_encoding(config))
+    return Joiner(backbone, build_position_encoding(settings))

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from deformable_detr.training.distributed import average_num_boxes
-from deformable_detr.config.model import ModelConfig
+from deformable_detr.config.model import ModelSettings
 from deformable_detr.models.matcher import HungarianMatcher, Indices, build_matcher
 
 LOSSES = ("labels", "boxes", "cardinality")
@@ -147,22 +147,24 @@ class SetCriterion(nn.Module):
         return losses
 
 
-def build_weight_dict(config: ModelConfig) -> dict[str, float]:
+def build_weight_dict(settings: ModelSettings) -> dict[str, float]:
     """Loss weights of the final layer, each earlier decoder layer (_i) and the two-stage proposals (_enc)."""
-    base = {"loss_ce": config.cls_loss_coef, "loss_bbox": config.bbox_loss_coef, "loss_giou": config.giou_loss_coef}
+    base = {
+        "loss_ce": settings.cls_loss_coef, "loss_bbox": settings.bbox_loss_coef, "loss_giou": settings.giou_loss_coef
+    }
     weight_dict = dict(base)
-    if config.aux_loss:
-        for layer in range(config.dec_layers - 1):
+    if settings.aux_loss:
+        for layer in range(settings.dec_layers - 1):
             weight_dict.update({f"{name}_{layer}": value for name, value in base.items()})
     # the authors add the _enc weights only together with aux_loss; two-stage always needs them
-    if config.aux_loss or config.two_stage:
+    if settings.aux_loss or settings.two_stage:
         weight_dict.update({f"{name}_enc": value for name, value in base.items()})
     return weight_dict
 
 
-def build_criterion(config: ModelConfig) -> SetCriterion:
-    return SetCriterion(config.num_classes, build_matcher(config), build_weight_dict(config), LOSSES,
-                        focal_alpha=config.focal_alpha)
+def build_criterion(settings: ModelSettings) -> SetCriterion:
+    return SetCriterion(settings.num_classes, build_matcher(settings), build_weight_dict(settings), LOSSES,
+                        focal_alpha=settings.focal_alpha)
 
 
 def _src_permutation_idx(indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-from deformable_detr.config.model import ModelConfig
+from deformable_detr.config.model import ModelSettings
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -71,6 +71,6 @@ class HungarianMatcher(nn.Module):
         return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
 
 
-def build_matcher(config: ModelConfig) -> HungarianMatcher:
-    return HungarianMatcher(cost_class=config.set_cost_class, cost_bbox=config.set_cost_bbox,
-                            cost_giou=config.set_cost_giou)
+def build_matcher(settings: ModelSettings) -> HungarianMatcher:
+    return HungarianMatcher(cost_class=settings.set_cost_class, cost_bbox=settings.set_cost_bbox,
+                            cost_giou=settings.set_cost_giou)

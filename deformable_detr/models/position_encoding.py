@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from deformable_detr.config.model import ModelConfig
+from deformable_detr.config.model import ModelSettings
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -78,8 +78,8 @@ class PositionEmbeddingLearned(nn.Module):
         return pos.permute(2, 0, 1).unsqueeze(0).repeat(x.shape[0], 1, 1, 1)
 
 
-def build_position_encoding(config: ModelConfig) -> nn.Module:
-    num_pos_feats = config.hidden_dim // 2
-    if config.position_embedding in ("sine", "v2"):
-        return PositionEmbeddingSine(num_pos_feats, normalize=True, scale=config.position_embedding_scale)
+def build_position_encoding(settings: ModelSettings) -> nn.Module:
+    num_pos_feats = settings.hidden_dim // 2
+    if settings.position_embedding in ("sine", "v2"):
+        return PositionEmbeddingSine(num_pos_feats, normalize=True, scale=settings.position_embedding_scale)
     return PositionEmbeddingLearned(num_pos_feats)

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from ops import MSDeformAttn, kernel_available
 
-from deformable_detr.config.model import ModelConfig
+from deformable_detr.config.model import ModelSettings
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -390,20 +390,20 @@ class DecoderQueries(NamedTuple):
     encoder_outputs: dict[str, torch.Tensor]
 
 
-def build_deformable_transformer(config: ModelConfig) -> DeformableTransformer:
+def build_deformable_transformer(settings: ModelSettings) -> DeformableTransformer:
     # Load (or build) the attention kernel here, not at the first forward, so that a model built before
     # torch.compile traces the compiled op.
     kernel_available()
     return DeformableTransformer(
-        d_model=config.hidden_dim,
-        nhead=config.nheads,
-        num_encoder_layers=config.enc_layers,
-        num_decoder_layers=config.dec_layers,
-        dim_feedforward=config.dim_feedforward,
-        dropout=config.dropout,
-        num_feature_levels=config.num_feature_levels,
-        dec_n_points=config.dec_n_points,
-        enc_n_points=config.enc_n_points,
-        two_stage=config.two_stage,
-        two_stage_num_proposals=config.num_queries,
+        d_model=settings.hidden_dim,
+        nhead=settings.nheads,
+        num_encoder_layers=settings.enc_layers,
+        num_decoder_layers=settings.dec_layers,
+        dim_feedforward=settings.dim_feedforward,
+        dropout=settings.dropout,
+        num_feature_levels=settings.num_feature_levels,
+        dec_n_points=settings.dec_n_points,
+        enc_n_points=settings.enc_n_points,
+        two_stage=settings.two_stage,
+        two_stage_num_proposals=settings.num_queries,
     )

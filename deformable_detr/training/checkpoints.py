@@ -1,5 +1,5 @@
 """What a checkpoint needs besides its weights to be used on its own: the hyperparameters that build the
-model, the data settings, and the label -> COCO category mapping with names."""
+model, the data settings, and the label -> COCO category mapping with names. `inference.loading` reads it."""
 
 import json
 import os
@@ -8,30 +8,22 @@ from typing import Any
 
 from determined import pytorch
 
-METADATA_FILE = "deformable_detr.json"
+from deformable_detr.inference.loading import METADATA_FILE
 
 
 def make_metadata(
-    hparams: Mapping, dataset_config: Mapping, label_to_cat_id: list[int] | None, category_names: Mapping[int, str]
+    hparams: Mapping, data_section: Mapping, label_to_cat_id: list[int] | None, category_names: Mapping[int, str]
 ) -> dict[str, Any]:
     return {
         "hparams": dict(hparams),
-        "data": dict(dataset_config),
+        "data": dict(data_section),
         "label_to_cat_id": label_to_cat_id,
         "category_names": {str(cat_id): name for cat_id, name in category_names.items()},
     }
 
 
-def read_metadata(checkpoint_dir: str) -> dict[str, Any]:
-    path = os.path.join(checkpoint_dir, METADATA_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{checkpoint_dir!r} has no {METADATA_FILE}: not a checkpoint of this package")
-    with open(path) as f:
-        return json.load(f)
-
-
 class CheckpointMetadataWriter(pytorch.PyTorchCallback):
-    """Writes `deformable_detr.json` into every checkpoint Determined saves."""
+    """Writes the metadata file into every checkpoint Determined saves."""
 
     def __init__(self, metadata: Mapping[str, Any]):
         self.metadata = dict(metadata)

@@ -9,39 +9,12 @@ import numpy as np
 import torch
 from determined import pytorch
 
+from deformable_detr.config.run import EVALUATORS
+from deformable_detr.inference.results import ROW_FIELDS, detections_to_rows
+
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ("mAP", "mAP_50", "mAP_75", "mAP_small", "mAP_medium", "mAP_large")
-EVALUATORS = ("pycocotools", "faster_coco_eval")
-
-
-def detections_to_rows(
-    image_ids: list[int], results: list[dict[str, torch.Tensor]], label_to_cat_id: list[int] | None
-) -> np.ndarray:
-    """Detections as rows [image_id, x, y, w, h, score, category_id], the format `COCO.loadRes` takes.
-
-    Args:
-        image_ids: B COCO image ids.
-        results: B dicts with `scores` [K], `labels` [K] and `boxes` [K, 4] (absolute x1, y1, x2, y2).
-        label_to_cat_id: maps a model label to a COCO category id; None when labels are category ids.
-
-    Returns:
-        float64 [sum K, 7]
-    """
-    rows = []
-    for image_id, result in zip(image_ids, results, strict=True):
-        boxes = result["boxes"].detach().float().cpu()
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).double().numpy()
-        labels = result["labels"].detach().cpu().numpy()
-        if label_to_cat_id is not None:
-            labels = np.asarray(label_to_cat_id)[labels]
-        block = np.empty((len(labels), 7), dtype=np.float64)
-        block[:, 0] = image_id
-        block[:, 1:5] = xywh
-        block[:, 5] = result["scores"].detach().float().cpu().numpy()
-        block[:, 6] = labels
-        rows.append(block)
-    return np.concatenate(rows) if rows else np.zeros((0, 7))
 
 
 def evaluate_detections(
@@ -106,7 +79,7 @@ class CocoDetectionReducer(pytorch.MetricReducer):
         self.rows.append(detections_to_rows(image_ids, results, self.label_to_cat_id))
 
     def per_slot_reduce(self) -> tuple[list[int], np.ndarray]:
-        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, 7))
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, len(ROW_FIELDS)))
         return self.image_ids, rows
 
     def cross_slot_reduce(self, per_slot_metrics: list[tuple[list[int], np.ndarray]]) -> dict[str, float]:
@@ -118,5 +91,5 @@ class CocoDetectionReducer(pytorch.MetricReducer):
             seen.update(new_ids)
             if len(rows):
                 kept_rows.append(rows[np.isin(rows[:, 0], new_ids)])
-        rows = np.concatenate(kept_rows) if kept_rows else np.zeros((0, 7))
+        rows = np.concatenate(kept_rows) if kept_rows else np.zeros((0, len(ROW_FIELDS)))
         return evaluate_detections(self.coco_gt, rows, sorted(seen), self.evaluator)

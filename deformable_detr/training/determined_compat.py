@@ -1,10 +1,14 @@
-"""Work-arounds for Determined 0.38.1 under torch 2.14, and for its local (off-cluster) mode."""
+"""Work-arounds for Determined 0.38.1 under torch 2.14, and for its local (off-cluster) mode; every use of a
+private Determined API is here."""
 
 import os
 import pickle
+from typing import Any
 
-import numpy as np
+import determined as det
 import torch
+
+from deformable_detr.inference.loading import DETERMINED_CHECKPOINT_GLOBALS
 
 
 def allow_determined_rng_state() -> None:
@@ -14,9 +18,18 @@ def allow_determined_rng_state() -> None:
     the numpy objects in that state are not on torch's allow-list, so a resume fails with
     "Weights only load failed ... numpy._core.multiarray._reconstruct". Allow exactly those.
     """
-    torch.serialization.add_safe_globals(
-        [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-    )
+    torch.serialization.add_safe_globals(DETERMINED_CHECKPOINT_GLOBALS)
+
+
+def cluster_experiment_config(info: det.ClusterInfo) -> dict[str, Any]:
+    """The experiment config of a trial on a cluster (Determined 0.38.1 exposes it only privately)."""
+    return info.trial._config
+
+
+def set_random_seeds(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators as Determined seeds a trial on a cluster (a local run
+    does not get this from Determined)."""
+    det.pytorch._trainer._set_random_seeds(seed)
 
 
 def batches_trained_in_checkpoint(checkpoint_dir: str) -> int:

@@ -1,0 +1,48 @@
+"""The optimisation settings the trial owns: `OptimizationSettings` (learning rates, optimizer, schedule,
+clipping, batch size, length, mixed precision), read from the experiment's hyperparameters."""
+
+import dataclasses
+
+from deformable_detr.config.parsing import HYPERPARAMETERS, require, require_choice
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationSettings:
+    """The authors' optimisation; the defaults are those of their command line.
+
+    lr: learning rate of everything but the backbone and the linear projections. lr_backbone: the backbone's
+    (0 freezes it). lr_backbone_names / lr_linear_proj_names: parameter-name fragments of those groups;
+    lr_linear_proj_mult: the projections' factor on lr. weight_decay. sgd: SGD with momentum instead of AdamW.
+    lr_drop: epochs before the learning rates drop tenfold. clip_max_norm: gradient clipping (0: none).
+    global_batch_size: images per step over all workers. epochs: the run's length when the searcher sets none.
+    amp: mixed precision, "off", "bf16" or "fp16".
+    """
+
+    lr: float = 2e-4
+    lr_backbone: float = 2e-5
+    lr_backbone_names: tuple[str, ...] = ("backbone.0",)
+    lr_linear_proj_names: tuple[str, ...] = ("reference_points", "sampling_offsets")
+    lr_linear_proj_mult: float = 0.1
+    weight_decay: float = 1e-4
+    sgd: bool = False
+    lr_drop: int = 40
+    clip_max_norm: float = 0.1
+    global_batch_size: int = 32
+    epochs: int = 50
+    amp: str = "off"
+
+    def validate(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is int:
+                require(HYPERPARAMETERS, field.name, value >= 1, f"must be a positive integer, got {value!r}")
+            elif field.type is float:
+                require(HYPERPARAMETERS, field.name, value >= 0, f"must be a number >= 0, got {value!r}")
+        require_choice(HYPERPARAMETERS, "amp", self.amp, AMP_MODES)
+
+    @property
+    def train_backbone(self) -> bool:
+        """The backbone trains only with a learning rate of its own."""
+        return self.lr_backbone > 0

@@ -1,0 +1,182 @@
+"""Deformable DETR as a Determined `PyTorchTrial`: the authors' optimisation, COCO bbox mAP, visible progress
+and self-contained checkpoints."""
+
+import logging
+from typing import Any
+
+import determined as det
+import torch
+from determined import pytorch
+
+from deformable_detr.config.experiment import ExperimentSettings
+from deformable_detr.config.run import Period
+from deformable_detr.data.batching import collate_fn
+from deformable_detr.data.build import build_dataset
+from deformable_detr.data.categories import category_names
+from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset
+from deformable_detr.models.build import build_model
+from deformable_detr.training.checkpoints import CheckpointMetadataWriter, make_metadata
+from deformable_detr.training.coco_eval import CocoDetectionReducer
+from deformable_detr.training.optim import build_lr_scheduler, build_optimizer
+from deformable_detr.training.progress import ProgressLogger
+from deformable_detr.training.steps import autocast, check_finite_loss, check_finite_outputs, step_losses, to_float32
+from deformable_detr.training.warm_start import load_pretrained, resolve_warm_start
+
+logger = logging.getLogger("deformable_detr")
+
+TRAIN_UNITS = {"batches": pytorch.Batch, "epochs": pytorch.Epoch}
+
+
+def train_unit(period: Period) -> pytorch.TrainUnit:
+    """A settings period as Determined's Batch(n) or Epoch(n)."""
+    return TRAIN_UNITS[period.unit](period.length)
+
+
+class DeformableDETRTrial(pytorch.PyTorchTrial):
+    """Trains Deformable DETR with the authors' optimisation and reports COCO bbox mAP.
+
+    Args:
+        context: Determined's trial context (hyperparameters, `data:` section, devices).
+        settings: the experiment's settings, when the script has parsed them already; else they are read from
+            the context.
+        skip_batches: training batches already done by the checkpoint a local run resumes from (on a
+            cluster, Determined skips them itself).
+        max_length: the run's length, for the time-left estimate in the log.
+        metrics_file: the chief appends every training and validation report to it (JSON lines).
+    """
+
+    def __init__(
+        self,
+        context: pytorch.PyTorchTrialContext,
+        settings: ExperimentSettings | None = None,
+        skip_batches: int = 0,
+        max_length: pytorch.TrainUnit | None = None,
+        metrics_file: str | None = None,
+    ) -> None:
+        self.context = context
+        if settings is None:
+            settings = ExperimentSettings.from_config(context.get_experiment_config(), context.get_hparams())
+        self.settings = settings
+        self.seed = _trial_seed(context, settings)
+        self.skip_batches = skip_batches
+        self.max_length = max_length
+        self.metrics_file = metrics_file if context.distributed.get_rank() == 0 else None
+        self.batches_per_epoch: int | None = None
+
+        model, criterion, postprocessors = build_model(settings.hparams)
+        if settings.run.warm_start:
+            load_pretrained(model, resolve_warm_start(settings.run.warm_start), logger)
+        optimization = settings.optimization
+        self.scaler = None
+        if optimization.amp == "fp16":
+            self.scaler = context.wrap_scaler(torch.amp.GradScaler(context.device.type))
+        self.model = context.wrap_model(model)
+        self.criterion = criterion.to(context.device)
+        self.postprocessors = postprocessors
+        self.optimizer = context.wrap_optimizer(build_optimizer(model, optimization))
+        # Stepped by train_batch at each epoch end: Determined's own epoch count restarts at 0 when a
+        # local run resumes, ours does not.
+        self.lr_scheduler = context.wrap_lr_scheduler(
+            build_lr_scheduler(self.optimizer, optimization),
+            step_mode=pytorch.LRScheduler.StepMode.MANUAL_STEP,
+        )
+
+        self.val_dataset = build_dataset("val", settings.data)
+        self.coco_reducer = context.wrap_reducer(
+            CocoDetectionReducer(self.val_dataset.coco, self.val_dataset.label_to_cat_id, settings.run.coco_evaluator),
+            for_training=False,
+        )
+
+    # ----------------------------------------------------------------------------------------- data
+    def build_training_data_loader(self) -> pytorch.DataLoader:
+        dataset = PerSampleSeededDataset(build_dataset("train", self.settings.data), self.seed)
+        batch_sampler = EpochShuffleBatchSampler(
+            len(dataset), self.context.get_per_slot_batch_size(), seed=self.seed, skip_batches=self.skip_batches
+        )
+        # Determined's epoch: the chief's share of the batches, rounded up.
+        self.batches_per_epoch = -(-len(batch_sampler) // self.context.distributed.get_size())
+        num_workers = self.settings.data.num_workers
+        return pytorch.DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            persistent_workers=num_workers > 0,
+        )
+
+    def build_validation_data_loader(self) -> pytorch.DataLoader:
+        return pytorch.DataLoader(
+            self.val_dataset,
+            batch_size=self.context.get_per_slot_batch_size(),
+            shuffle=False,
+            num_workers=self.settings.data.num_workers,
+            collate_fn=collate_fn,
+        )
+
+    # ------------------------------------------------------------------------------------ training
+    def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> dict[str, Any]:
+        # batch_idx restarts at 0 when a local run resumes; on a cluster skip_batches is 0.
+        global_batch = batch_idx + self.skip_batches
+        where = f"training batch {global_batch} (epoch {global_batch // self.batches_per_epoch})"
+        images, mask, targets = batch
+        with autocast(self.context.device.type, self.settings.optimization.amp):
+            outputs = self.model(images, mask)
+        check_finite_outputs(outputs, where)
+        loss, terms = step_losses(self.criterion, outputs, targets)
+        check_finite_loss(loss, terms, where)
+        self._optimizer_step(loss)
+        if (global_batch + 1) % self.batches_per_epoch == 0:
+            self.lr_scheduler.step()
+        metrics = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+        for group in self.optimizer.param_groups:
+            metrics[f"lr_{group['name']}"] = group["lr"]
+        return metrics
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping (`clip_max_norm` > 0) and the optimizer step, scaled under fp16."""
+        self.context.backward(loss)
+        clip = self.settings.optimization.clip_max_norm
+        self.context.step_optimizer(
+            self.optimizer,
+            clip_grads=(lambda params: torch.nn.utils.clip_grad_norm_(params, clip)) if clip > 0 else None,
+            scaler=self.scaler,
+        )
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def evaluate_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        images, mask, targets = batch
+        with autocast(self.context.device.type, self.settings.optimization.amp):
+            outputs = self.model(images, mask)
+        loss, terms = step_losses(self.criterion, outputs, targets)
+        orig_sizes = torch.stack([target["orig_size"] for target in targets])
+        detections = self.postprocessors["bbox"](to_float32(outputs), orig_sizes)
+        self.coco_reducer.update([int(target["image_id"]) for target in targets], detections)
+        return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+
+    def build_callbacks(self) -> dict[str, pytorch.PyTorchCallback]:
+        metadata = make_metadata(
+            self.settings.hparams,
+            self.settings.data_section,
+            self.val_dataset.label_to_cat_id,
+            category_names(self.val_dataset.coco),
+        )
+        progress = ProgressLogger(
+            self.context.get_global_batch_size(), self._total_batches, self.skip_batches, self.metrics_file
+        )
+        return {"progress": progress, "metadata": CheckpointMetadataWriter(metadata)}
+
+    def _total_batches(self) -> int | None:
+        if isinstance(self.max_length, pytorch.Batch):
+            return self.max_length.value
+        if isinstance(self.max_length, pytorch.Epoch) and self.batches_per_epoch:
+            return self.max_length.value * self.batches_per_epoch
+        return None
+
+
+def _trial_seed(context: pytorch.PyTorchTrialContext, settings: ExperimentSettings) -> int:
+    # On a cluster the master gives each trial its seed; locally it comes from the config.
+    info = det.get_cluster_info()
+    if info is not None and info.task_type == "TRIAL":
+        return context.get_trial_seed()
+    return settings.experiment_seed
