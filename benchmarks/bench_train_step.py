@@ -12,6 +12,7 @@ warm-up and not counted.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import model as detr_model  # noqa: E402
 from deformable_detr.config.experiment import ExperimentSettings, load_experiment_config  # noqa: E402
 from deformable_detr.config.optim import AMP_MODES  # noqa: E402
 from deformable_detr.data import synthetic  # noqa: E402
+from deformable_detr.data.labels import fit_num_classes  # noqa: E402
 from deformable_detr.training.optim import build_optimizer  # noqa: E402
 from deformable_detr.training.steps import autocast, step_losses  # noqa: E402
 
@@ -57,17 +59,19 @@ def main() -> None:
     hparams["pretrained_backbone"] = False
     experiment = ExperimentSettings.from_config(exp_conf, hparams)
     settings = experiment.optimization
-    dataset_config = dict(experiment.data_section)
+    dataset_config = experiment.data  # labels and the fake data's categories fit the model's num_classes
     workdir = tempfile.mkdtemp()
     if args.fake:
-        dataset_config = {"backend": "fake", "fake_length": 256, "image_scale": experiment.data.image_scale}
+        dataset_config = dataclasses.replace(dataset_config, backend="fake", fake_length=256)
     elif experiment.data.backend == "local" and not os.path.isdir(experiment.data.data_dir):
-        dataset_config["data_dir"] = workdir
+        dataset_config = dataclasses.replace(dataset_config, data_dir=workdir)
         synthetic.main(["--out", workdir, "--train", "256", "--val", "0", "--size", "256"])
     batch_size = args.batch_size or settings.global_batch_size
     num_workers = 0 if args.fake else experiment.data.num_workers
+    train_set = data.build_dataset("train", dataset_config)
+    hparams = fit_num_classes(hparams, train_set.label_space)  # 'auto', or a clear error when too small
     loader = torch.utils.data.DataLoader(
-        data.build_dataset("train", dataset_config), batch_size=batch_size, shuffle=True,
+        train_set, batch_size=batch_size, shuffle=True,
         num_workers=num_workers, collate_fn=data.collate_fn, drop_last=True, persistent_workers=num_workers > 0,
     )
     model, criterion, _ = detr_model.build_model(hparams)

@@ -6,7 +6,8 @@ import pytest
 
 import data
 from deformable_detr.config.data import DataSettings
-from deformable_detr.data.build import annotations_dir
+from deformable_detr.config.data import SplitSettings
+from deformable_detr.data.build import annotation_file
 
 
 def test_defaults_are_filled_in():
@@ -26,7 +27,26 @@ def test_cat_ids_and_numbers_are_normalised():
     "section, key",
     [
         ({}, "backend"),
-        ({"backend": "s3"}, "backend"),
+        ({"backend": "hdfs"}, "backend"),
+        ({"backend": "s3"}, "bucket"),
+        ({"backend": "s3", "bucket": "b/p"}, "bucket"),
+        ({"backend": "s3", "bucket": "b", "data_dir": "d"}, "data_dir"),
+        ({"backend": "s3", "bucket": "b", "retry_mode": "fast"}, "retry_mode"),
+        ({"backend": "s3", "bucket": "b", "max_attempts": 0}, "max_attempts"),
+        ({"backend": "local", "data_dir": "d", "bucket": "b"}, "bucket"),
+        ({"backend": "local", "data_dir": "d", "prefix": "p"}, "prefix"),
+        ({"backend": "fake", "labels": "names"}, "labels"),
+        ({"backend": "fake", "labels": "category_ids", "cat_ids": [1]}, "labels"),
+        ({"backend": "fake", "check": "warn"}, "check"),
+        ({"backend": "fake", "on_bad_image": "ignore"}, "on_bad_image"),
+        ({"backend": "fake", "fake_categories": 0}, "fake_categories"),
+        ({"backend": "fake", "train": "images/train"}, "data.train"),
+        ({"backend": "fake", "train": {"images": "i"}}, r"data\.train\.annotations is required"),
+        ({"backend": "fake", "val": {"images": "i", "annotations": ""}}, r"data\.val\.annotations"),
+        ({"backend": "fake", "val": {"images": "i", "annotation": "a"}}, r"'annotation' \(did you mean 'annotations'\?\)"),
+        ({"backend": "fake", "val": {"images": 3, "annotations": "a"}}, r"data\.val\.images"),
+        ({"backend": "fake", "annotations_dir": "a", "train": {"images": "i", "annotations": "t/x.json"},
+          "val": {"images": "j", "annotations": "v/x.json"}}, "annotations_dir"),
         ({"backend": "local"}, "data_dir"),
         ({"backend": "gcs"}, "data_dir"),
         ({"backend": "gcs", "data_dir": "bucket/prefix"}, "data_dir"),
@@ -60,12 +80,34 @@ def test_build_dataset_rejects_an_unknown_image_set():
         data.build_dataset("test", {"backend": "fake"})
 
 
-def test_annotation_folder_defaults(monkeypatch):
-    assert annotations_dir(DataSettings.from_mapping({"backend": "local", "data_dir": "d"})) == os.path.join(
-        "d", "annotations"
+def test_annotation_file_locations(monkeypatch):
+    local = DataSettings.from_mapping({"backend": "local", "data_dir": "d"})
+    assert annotation_file(local, "val") == os.path.join("d", "annotations/instances_val2017.json")
+    custom = DataSettings.from_mapping(
+        {"backend": "local", "data_dir": "d", "train": {"images": "images", "annotations": "train.json"}}
     )
+    assert custom.split("train") == SplitSettings("images", "train.json")
+    assert custom.split("val") == SplitSettings("val2017", "annotations/instances_val2017.json")  # the default
+    assert annotation_file(custom, "train") == os.path.join("d", "train.json")
     monkeypatch.setenv("XDG_CACHE_HOME", "cache-root")
     gcs = DataSettings.from_mapping({"backend": "gcs", "data_dir": "bucket"})
-    assert annotations_dir(gcs) == os.path.join("cache-root", "deformable_detr", "gcs", "bucket", "annotations")
+    assert annotation_file(gcs, "val") == os.path.join(
+        "cache-root", "deformable_detr", "gcs", "bucket", "annotations", "instances_val2017.json"
+    )
     explicit = DataSettings.from_mapping({"backend": "gcs", "data_dir": "bucket", "annotations_dir": "here"})
-    assert annotations_dir(explicit) == "here"
+    assert annotation_file(explicit, "train") == os.path.join("here", "instances_train2017.json")
+    s3 = DataSettings.from_mapping({"backend": "s3", "bucket": "b", "prefix": "/sets/mine/",
+                                    "val": {"images": "img", "annotations": "labels/val.json"}})
+    assert annotation_file(s3, "val") == os.path.join(
+        "cache-root", "deformable_detr", "s3", "b", "sets", "mine", "labels", "val.json"
+    )
+
+
+def test_labels_follow_num_classes_unless_set():
+    fake = DataSettings.from_mapping({"backend": "fake"})
+    assert fake.labels is None
+    assert fake.for_model("auto").labels == "contiguous"
+    assert fake.for_model(91).labels == "category_ids" and fake.for_model(91).fake_categories == 90
+    assert fake.for_model(5).fake_categories == 4  # the fake data fits a small model
+    explicit = DataSettings.from_mapping({"backend": "fake", "labels": "category_ids", "fake_categories": 7})
+    assert explicit.for_model("auto").labels == "category_ids" and explicit.for_model(5).fake_categories == 7

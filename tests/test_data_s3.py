@@ -4,10 +4,12 @@ The store signs and sends real HTTP requests (the proxy sees each of them); cred
 the environment, as the AWS chain finds them.
 """
 
+import json
 import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,9 @@ from filelock import FileLock
 from moto.server import ThreadedMotoServer
 from torch.utils.data import DataLoader, Dataset
 
+import data
 from deformable_detr.data.s3 import S3ImageStore, S3ReadError
+from deformable_detr.data.stores import cache_file
 from deformable_detr.data.synthetic import write_split
 from fixtures.fault_proxy import ABORT, RESET, S3_ERRORS, TRUNCATE, FaultProxy
 
@@ -141,15 +145,15 @@ def test_credentials_come_from_the_environment_then_the_shared_credentials_file(
 
 
 def cache_in_child(store: S3ImageStore, destination: str) -> None:
-    store.cache_file(ANNOTATIONS, destination)
+    cache_file(store, ANNOTATIONS, destination)
 
 
 def test_annotation_file_is_cached_once_with_an_atomic_rename(servers, proxy, tmp_path):
     destination = str(tmp_path / "cache" / "instances_val2017.json")
-    assert make_store(proxy).cache_file(ANNOTATIONS, destination) == destination
+    assert cache_file(make_store(proxy), ANNOTATIONS, destination) == destination
     with open(destination, "rb") as file:
         assert file.read() == servers.objects[ANNOTATIONS]
-    assert make_store(proxy).cache_file(ANNOTATIONS, destination) == destination
+    assert cache_file(make_store(proxy), ANNOTATIONS, destination) == destination
     assert len(gets(proxy, object_path(ANNOTATIONS))) == 1
     assert not [name for name in os.listdir(tmp_path / "cache") if name.startswith(".part-")]
 
@@ -176,9 +180,9 @@ def test_a_failed_download_leaves_no_cached_file(servers, proxy, tmp_path):
     destination = tmp_path / "cache" / "instances_val2017.json"
     proxy.failures_by_path[object_path(ANNOTATIONS)] = [TRUNCATE]
     with pytest.raises(S3ReadError, match=located(ANNOTATIONS)):
-        make_store(proxy).cache_file(ANNOTATIONS, str(destination))
+        cache_file(make_store(proxy), ANNOTATIONS, str(destination))
     with pytest.raises(FileNotFoundError, match=located("annotations/instances_x.json")):
-        make_store(proxy).cache_file("annotations/instances_x.json", str(tmp_path / "cache" / "instances_x.json"))
+        cache_file(make_store(proxy), "annotations/instances_x.json", str(tmp_path / "cache" / "instances_x.json"))
     assert sorted(name for name in os.listdir(tmp_path / "cache") if not name.endswith(".lock")) == []
 
 
@@ -312,3 +316,42 @@ def test_store_pickles_without_client_or_credentials_and_reconnects(servers, pro
 def test_bad_settings_are_rejected_with_the_setting_named(settings, message):
     with pytest.raises(ValueError, match=message):
         S3ImageStore(**settings)
+
+
+# ------------------------------------------------------------------------------- through build_dataset
+def s3_data(proxy: FaultProxy, cache: str, **extra) -> dict:
+    """A `data:` section for the moto bucket behind the proxy."""
+    return {"backend": "s3", "bucket": BUCKET, "prefix": PREFIX, "endpoint_url": proxy.url, "annotations_dir": cache,
+            "image_scale": 0.25, "num_workers": 2, **extra}
+
+
+def items_of(batch: list) -> list:
+    return [(int(target["image_id"]), image.shape) for image, target in batch]
+
+
+def test_build_dataset_reads_an_epoch_from_s3_with_faults_losing_and_repeating_nothing(servers, proxy, tmp_path):
+    cache = str(tmp_path / "annotations")
+    dataset = data.build_dataset("val", s3_data(proxy, cache, max_attempts=4))
+    assert os.path.isfile(os.path.join(cache, "instances_val2017.json"))  # cached once, as for GCS
+    assert len(dataset) == IMAGE_COUNT
+    assert any(seen.method == "GET" and "list-type=2" in seen.path for seen in proxy.seen), "the check lists the images"
+    paths = servers.images
+    faults = {paths[0]: ["slowdown"], paths[3]: [RESET], paths[6]: [ABORT, "internal"], paths[9]: ["internal"]}
+    for path, failures in faults.items():
+        proxy.failures_by_path[object_path(path)] = list(failures)
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=items_of, multiprocessing_context="fork")
+    image_ids = [image_id for batch in loader for image_id, _ in batch]
+    assert sorted(image_ids) == sorted(dataset.ids) and len(set(image_ids)) == IMAGE_COUNT
+    assert proxy.served_failures == 5
+
+
+def test_s3_data_check_names_a_missing_object(servers, proxy, tmp_path):
+    cache = str(tmp_path / "annotations")
+    with open(os.path.join(str(tmp_path), "val.json"), "w") as f:
+        annotations = json.loads(servers.objects[ANNOTATIONS])
+        annotations["images"][0]["file_name"] = "absent.jpg"
+        json.dump(annotations, f)
+    os.makedirs(cache)
+    shutil.copy(os.path.join(str(tmp_path), "val.json"), os.path.join(cache, "instances_val2017.json"))
+    with pytest.raises(ValueError, match=r"(?s)images in s3://coco-s3-test/datasets/coco/val2017:.*missing image: image id \d+ \(absent.jpg\)"):
+        data.build_dataset("val", s3_data(proxy, cache))

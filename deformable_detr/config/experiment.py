@@ -73,7 +73,7 @@ class ExperimentSettings:
         return cls(
             model=model,
             optimization=optimization,
-            data=DataSettings.from_mapping(data_section),
+            data=DataSettings.from_mapping(data_section).for_model(model.num_classes),
             run=RunSettings.from_mapping(data_section.get(TRAINER_KEY)),
             hparams=dict(hparams),
             data_section={key: value for key, value in data_section.items() if key != TRAINER_KEY},

@@ -14,6 +14,8 @@ from deformable_detr.config.parsing import HYPERPARAMETERS, require, require_cho
 # segmentation head is not part of this package, so `masks` must be false.
 SEGMENTATION_KEYS: frozenset[str] = frozenset({"masks", "mask_loss_coef", "dice_loss_coef"})
 
+# `num_classes: auto`: the class count comes from the training annotations.
+AUTO_NUM_CLASSES = "auto"
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 POSITION_EMBEDDINGS = ("sine", "v2", "learned", "v3")
 BACKBONE_NORMS = ("frozen_batch_norm", "batch_norm")
@@ -38,7 +40,9 @@ class ModelSettings:
         3 = layer2-4 (the authors' choice for an ImageNet start), 4 adds layer1, 5 adds the stem (conv1).
     backbone_norm: "frozen_batch_norm" (the authors': fixed statistics, right for pretrained weights) or
         "batch_norm" (trained, batch statistics: what a backbone trained from scratch needs).
-    num_classes: classifier outputs (91 = COCO category ids 1..90 plus the unused 0).
+    num_classes: classifier outputs (91 = COCO category ids 1..90 plus the unused 0), or 'auto': as many as the
+        training annotations need (`deformable_detr.data.labels.fit_num_classes` resolves it before the model
+        is built; docs/datasets.md).
     nms_iou_threshold: post-processing per-class NMS IoU; 1.0 (the authors') applies none.
     pretrained_backbone: start the ResNet from torchvision's ImageNet weights (downloads them).
     """
@@ -69,7 +73,7 @@ class ModelSettings:
     focal_alpha: float = 0.25
     trainable_backbone_layers: int = 3
     backbone_norm: str = "frozen_batch_norm"
-    num_classes: int = 91
+    num_classes: int | str = 91
     nms_iou_threshold: float = 1.0
     pretrained_backbone: bool = False
 
@@ -87,8 +91,13 @@ class ModelSettings:
         _require("trainable_backbone_layers", 0 <= self.trainable_backbone_layers <= 5, "must be in [0, 5]")
         _require("enc_layers", self.enc_layers >= 0, "must be >= 0")
         for name in ("dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries", "dec_n_points",
-                     "enc_n_points", "num_classes"):
+                     "enc_n_points"):
             _require(name, getattr(self, name) >= 1, "must be >= 1")
+        if isinstance(self.num_classes, str):
+            _require("num_classes", self.num_classes == AUTO_NUM_CLASSES,
+                     f"must be an integer >= 1 or {AUTO_NUM_CLASSES!r}, got {self.num_classes!r}")
+        else:
+            _require("num_classes", self.num_classes >= 1, "must be >= 1 (or 'auto')")
         _require("position_embedding_scale", self.position_embedding_scale > 0, "must be > 0")
         # The backbone gives 3 maps (layer2-4) when more than one level is used, so 2 levels cannot be built.
         _require("num_feature_levels", self.num_feature_levels == 1 or self.num_feature_levels >= 3,

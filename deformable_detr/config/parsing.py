@@ -11,6 +11,7 @@ from typing import Any
 HYPERPARAMETERS = "hyperparameters"
 
 _ITEM_WORDS = {str: "strings", int: "integers"}
+_ONE_WORDS = {str: "a string", int: "an integer"}
 
 
 def key_name(section: str, key: str) -> str:
@@ -49,8 +50,16 @@ def coerce(section: str, key: str, kind: Any, value: Any) -> Any:
     (from a list) or `X | None`. Nothing else is converted: "256" is not an integer, 1 is not true."""
     name = key_name(section, key)
     if typing.get_origin(kind) in (types.UnionType, typing.Union):
-        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-        return None if value is None else coerce(section, key, inner, value)
+        inner = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if value is None and len(inner) < len(typing.get_args(kind)):
+            return None
+        if len(inner) == 1:
+            return coerce(section, key, inner[0], value)
+        # Several types (e.g. an integer or the word 'auto'): the first that fits; the owner checks the value.
+        for option in inner:
+            if _is_type(option, value) and option is not float:
+                return value
+        raise ValueError(f"{name} must be {' or '.join(_ONE_WORDS[option] for option in inner)}, got {value!r}")
     if typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
         if isinstance(value, str) or not isinstance(value, list | tuple):

@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from deformable_detr.data.annotations import coco_to_target
-from deformable_detr.data.categories import label_mapping
+from deformable_detr.data.labels import LabelSpace
 from deformable_detr.data.sampling import mix_seed
 from deformable_detr.data.transforms import Target, Transform
 
@@ -25,8 +25,8 @@ class FakeCocoDetection(Dataset):
     """Noise images with 1 to 6 filled rectangles; item `index` is the same in every process and run.
 
     Images are round(480 * image_scale) x round(640 * image_scale); boxes have sides in
-    [16, 128] * image_scale. Labels are COCO category ids drawn from `cat_ids` (all of 1..90 when None), or
-    0..K-1 in the order of `cat_ids` when `remap_labels`. `coco` holds the same boxes (before augmentation)
+    [16, 128] * image_scale. Category ids are drawn from `categories` (COCO's 1..90 when None); labels follow
+    `label_space` (the category ids themselves when None). `coco` holds the same boxes (before augmentation)
     for evaluation; `label_to_cat_id` maps labels back when they are remapped.
     """
 
@@ -35,8 +35,9 @@ class FakeCocoDetection(Dataset):
         length: int,
         transforms: Transform,
         image_scale: float = 1.0,
-        cat_ids: Sequence[int] | None = None,
+        categories: Sequence[int] | None = None,
         seed: int = 0,
+        label_space: LabelSpace | None = None,
     ) -> None:
         self.length = length
         self.transforms = transforms
@@ -45,8 +46,15 @@ class FakeCocoDetection(Dataset):
         self.min_side = max(2, round(MIN_SIDE * image_scale))
         self.max_side = max(self.min_side, min(round(MAX_SIDE * image_scale), self.height, self.width))
         self.seed = seed
-        self.cat_ids = tuple(cat_ids) if cat_ids is not None else COCO_CAT_IDS
-        self.label_to_cat_id, self.cat_id_to_label = label_mapping(cat_ids)
+        self.cat_ids = tuple(categories) if categories is not None else COCO_CAT_IDS
+        if label_space is None:
+            label_space = LabelSpace.of(self.category_names(), None, None, "the fake data")
+        self.label_space = label_space
+        self.label_to_cat_id = label_space.label_to_cat_id
+        self.cat_id_to_label = label_space.cat_id_to_label
+
+    def category_names(self) -> dict[int, str]:
+        return {cat_id: f"category_{cat_id}" for cat_id in self.cat_ids}
 
     def __len__(self) -> int:
         return self.length
@@ -109,7 +117,7 @@ class FakeCocoDetection(Dataset):
                 for i in range(self.length)
             ],
             "annotations": [record for i in range(self.length) for record in self.annotations(i)],
-            "categories": [{"id": c, "name": f"category_{c}", "supercategory": "fake"} for c in self.cat_ids],
+            "categories": [{"id": c, "name": name, "supercategory": "fake"} for c, name in self.category_names().items()],
         }
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()

@@ -59,3 +59,9 @@ class GcsImageStore:
 
     def describe(self, path: str) -> str:
         return f"gs://{self.bucket_name}/{path}"
+
+    def list_files(self, folder: str) -> set[str]:
+        """The names of every blob under `folder` (relative to it), for the data check."""
+        prefix = folder.rstrip("/") + "/"
+        blobs = self._get_bucket().list_blobs(prefix=prefix, retry=self.retry, timeout=self.request_timeout_s)
+        return {blob.name[len(prefix):] for blob in blobs}

@@ -1,16 +1,12 @@
-"""Images and annotation files from an S3 bucket (AWS or any S3-compatible store), with botocore's retries."""
+"""Images and annotation files from an S3 bucket (AWS or any S3-compatible store), with botocore's retries.
+Annotation files are copied to a local cache with `deformable_detr.data.stores.cache_file`."""
 
-import logging
 import os
-import tempfile
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from filelock import FileLock
-
-logger = logging.getLogger(__name__)
 
 RETRY_MODES = ("legacy", "standard", "adaptive")
 # Error codes S3 answers for an absent object: GetObject says NoSuchKey, a HEAD only has the status.
@@ -119,24 +115,22 @@ class S3ImageStore:
         except BotoCoreError as error:
             raise S3ReadError(f"cannot read {where}: {error}") from error
 
-    def cache_file(self, path: str, destination: str) -> str:
-        """Copy object `path` to the local file `destination` once (atomic rename; a lock for concurrent
-        processes) and return `destination`."""
-        if os.path.exists(destination):
-            return destination
-        folder = os.path.dirname(destination) or "."
-        os.makedirs(folder, exist_ok=True)
-        with FileLock(destination + ".lock"):
-            if os.path.exists(destination):
-                return destination
-            logger.info("caching %s to %s", self.describe(path), destination)
-            data = self.read(path)
-            handle, temporary = tempfile.mkstemp(prefix=".part-", dir=folder)
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(data)
-                os.replace(temporary, destination)
-            finally:
-                if os.path.exists(temporary):
-                    os.remove(temporary)
-        return destination
+    def list_files(self, folder: str) -> set[str]:
+        """The names of every object under `folder` (relative to it), for the data check: one listing
+        request per 1,000 objects, with the same retries as reads."""
+        folder_key = self.key(folder).rstrip("/") + "/"
+        names: set[str] = set()
+        try:
+            for page in self._get_client().get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket_name, Prefix=folder_key
+            ):
+                names.update(item["Key"][len(folder_key):] for item in page.get("Contents", []))
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                raise FileNotFoundError(f"bucket {self.bucket_name!r} does not exist") from error
+            hint = " (the data check lists the images: it needs s3:ListBucket, or data.check: off)"
+            raise S3ReadError(f"cannot list s3://{self.bucket_name}/{folder_key}: {error}{hint}") from error
+        except BotoCoreError as error:
+            raise S3ReadError(f"cannot list s3://{self.bucket_name}/{folder_key}: {error}") from error
+        return names

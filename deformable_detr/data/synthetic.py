@@ -2,7 +2,9 @@
 
     python -m deformable_detr.data.synthetic --out DIR --train 2000 --val 200 --size 320 --seed 0
 
-writes DIR/train2017/*.jpg, DIR/val2017/*.jpg and DIR/annotations/instances_{train,val}2017.json. Every image
+writes DIR/train2017/*.jpg, DIR/val2017/*.jpg and DIR/annotations/instances_{train,val}2017.json (or, with
+`--layout flat`, DIR/images/*.jpg, DIR/train.json and DIR/val.json; `--category-ids 3,17,42` names the
+categories by other ids). Every image
 is drawn from its own generator seeded by (seed, split, index): the output is the same for a seed, and the
 validation images are drawn with different seeds than the training images.
 """
@@ -24,6 +26,7 @@ CATEGORIES = [
     {"id": 4, "name": "cross", "supercategory": "shape"},
 ]
 SPLITS = {"train": 0, "val": 1}
+LAYOUTS = ("coco", "flat")
 MIN_SIDE, MAX_SIDE = 16, 128
 MAX_OBJECTS = 6
 MIN_IMAGE_SIZE = 64
@@ -113,9 +116,11 @@ def _place_visible(
 
 
 def draw_image(
-    seed: int, split: str, index: int, size: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0
+    seed: int, split: str, index: int, size: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0,
+    num_shapes: int = len(CATEGORIES),
 ) -> tuple[Image.Image, list[dict[str, Any]]]:
-    """One RGB image and its annotation records (without ids). Deterministic in its arguments."""
+    """One RGB image and its annotation records (without ids), with shapes 1..`num_shapes` of CATEGORIES as
+    category ids. Deterministic in its arguments."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
@@ -128,7 +133,7 @@ def draw_image(
         for _ in range(int(rng.integers(4, 10))):
             side = int(rng.integers(8, 17))
             x0, y0 = (int(v) for v in rng.integers(size // 4, 3 * size // 4 - side, 2))
-            category = int(rng.integers(1, len(CATEGORIES) + 1))
+            category = int(rng.integers(1, num_shapes + 1))
             box = (x0, y0, x0 + side - 1, y0 + side - 1)
             _draw_shape(draw, category, box, tuple(int(c) for c in rng.integers(0, 256, 3)))
             records.append(_shape_record(category, box, size))
@@ -145,7 +150,7 @@ def draw_image(
         box = _place_visible(rng, size, boxes)
         if box is None:
             continue
-        category = int(rng.integers(1, len(CATEGORIES) + 1))
+        category = int(rng.integers(1, num_shapes + 1))
         _draw_shape(draw, category, box, tuple(int(c) for c in rng.integers(0, 256, 3)))
         boxes.append(box)
         records.append(_shape_record(category, box, size))
@@ -153,27 +158,44 @@ def draw_image(
 
 
 def write_split(
-    out: str, split: str, count: int, size: int, seed: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0
+    out: str, split: str, count: int, size: int, seed: int, crowd_fraction: float = 0.0, empty_fraction: float = 0.0,
+    category_ids: list[int] | None = None, layout: str = "coco",
 ) -> str:
-    """Write `count` JPEGs to out/<split>2017/ and their annotations; returns the annotation file's path."""
-    image_dir = os.path.join(out, image_folder(split))
+    """Write `count` JPEGs and their annotations; returns the annotation file's path.
+
+    Args:
+        category_ids: the category id of each shape in CATEGORIES' order (1 to 4 ids, any positive integers;
+            only that many shapes are drawn); default 1..4.
+        layout: 'coco' writes out/<split>2017/ and out/annotations/instances_<split>2017.json (the default
+            layout); 'flat' writes every split's images to out/images/ and the annotations to out/<split>.json.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    ids = list(category_ids) if category_ids is not None else [category["id"] for category in CATEGORIES]
+    if not 1 <= len(ids) <= len(CATEGORIES) or len(set(ids)) != len(ids) or min(ids) < 1:
+        raise ValueError(f"category_ids must be 1 to {len(CATEGORIES)} distinct positive integers, got {ids}")
+    if layout == "coco":
+        image_dir, path = os.path.join(out, image_folder(split)), annotation_file(out, split)
+    else:
+        image_dir, path = os.path.join(out, "images"), os.path.join(out, f"{split}.json")
     os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         image_id = index + 1 + (VAL_ID_OFFSET if split == "val" else 0)
-        image, records = draw_image(seed, split, index, size, crowd_fraction, empty_fraction)
+        image, records = draw_image(seed, split, index, size, crowd_fraction, empty_fraction, len(ids))
         file_name = f"{image_id:012d}.jpg"
         image.save(os.path.join(image_dir, file_name), quality=90)
         images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
         for record in records:
-            annotations.append({**record, "id": len(annotations) + 1, "image_id": image_id})
-    path = annotation_file(out, split)
+            category_id = ids[record["category_id"] - 1]
+            annotations.append({**record, "category_id": category_id, "id": len(annotations) + 1, "image_id": image_id})
+    categories = [{**category, "id": cat_id} for category, cat_id in zip(CATEGORIES, ids)]
     dataset = {
         "info": {"description": f"synthetic shapes, seed {seed}"},
         "images": images,
         "annotations": annotations,
-        "categories": CATEGORIES,
+        "categories": categories,
     }
     with open(path + ".part", "w") as file:
         json.dump(dataset, file)
@@ -190,7 +212,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crowd-fraction", type=float, default=0.0, help="share of crowd-only images")
     parser.add_argument("--empty-fraction", type=float, default=0.0, help="share of images with no annotations")
+    parser.add_argument("--category-ids", help="comma-separated category id of each shape, e.g. 3,17,42 (1 to 4 "
+                        "ids; default 1,2,3,4)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="coco",
+                        help="coco: <split>2017/ and annotations/instances_<split>2017.json; "
+                        "flat: images/ and <split>.json")
     args = parser.parse_args(argv)
+    category_ids = None
+    if args.category_ids:
+        try:
+            category_ids = [int(value) for value in args.category_ids.split(",")]
+        except ValueError:
+            parser.error(f"--category-ids must be comma-separated integers, got {args.category_ids!r}")
     if args.size < MIN_IMAGE_SIZE:
         parser.error(f"--size must be at least {MIN_IMAGE_SIZE}")
     if args.train < 0 or args.val < 0:
@@ -198,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.crowd_fraction + args.empty_fraction <= 1 or min(args.crowd_fraction, args.empty_fraction) < 0:
         parser.error("--crowd-fraction and --empty-fraction must be >= 0 and sum to at most 1")
     for split, count in (("train", args.train), ("val", args.val)):
-        path = write_split(args.out, split, count, args.size, args.seed, args.crowd_fraction, args.empty_fraction)
+        path = write_split(args.out, split, count, args.size, args.seed, args.crowd_fraction, args.empty_fraction,
+                           category_ids, args.layout)
         print(f"wrote {count} images and {path}")
 
 

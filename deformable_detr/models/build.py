@@ -6,7 +6,7 @@ from typing import Any
 from torch import nn
 
 from deformable_detr.config.experiment import parse_hyperparameters
-from deformable_detr.config.model import ModelSettings
+from deformable_detr.config.model import AUTO_NUM_CLASSES, ModelSettings
 from deformable_detr.models.backbone import build_backbone
 from deformable_detr.models.criterion import SetCriterion, build_criterion
 from deformable_detr.models.detector import DeformableDETR
@@ -34,6 +34,11 @@ def build_model(hparams: Mapping[str, Any]) -> tuple[DeformableDETR, SetCriterio
     `deformable_detr.config.experiment.parse_hyperparameters`).
     """
     settings, optimization = parse_hyperparameters(hparams)
+    if settings.num_classes == AUTO_NUM_CLASSES:
+        raise ValueError(
+            "hyperparameter 'num_classes' is 'auto': the class count comes from the training annotations; "
+            "resolve it first with deformable_detr.data.labels.fit_num_classes (the trial does)"
+        )
     postprocess = PostProcess(nms_iou_threshold=settings.nms_iou_threshold)
     detector = build_detector(settings, train_backbone=optimization.train_backbone)
     return detector, build_criterion(settings), {"bbox": postprocess}

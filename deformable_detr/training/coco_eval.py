@@ -73,10 +73,15 @@ class CocoDetectionReducer(pytorch.MetricReducer):
     def reset(self) -> None:
         self.rows: list[np.ndarray] = []
         self.image_ids: list[int] = []
+        self._seen: set[int] = set()
 
     def update(self, image_ids: list[int], results: list[dict[str, torch.Tensor]]) -> None:
-        self.image_ids.extend(int(i) for i in image_ids)
-        self.rows.append(detections_to_rows(image_ids, results, self.label_to_cat_id))
+        # An image seen again in this slot (an undecodable image's place taken by the next one with
+        # data.on_bad_image: skip) is counted once.
+        fresh = [(int(i), found) for i, found in zip(image_ids, results, strict=True) if int(i) not in self._seen]
+        self._seen.update(i for i, _ in fresh)
+        self.image_ids.extend(i for i, _ in fresh)
+        self.rows.append(detections_to_rows([i for i, _ in fresh], [found for _, found in fresh], self.label_to_cat_id))
 
     def per_slot_reduce(self) -> tuple[list[int], np.ndarray]:
         rows = np.concatenate(self.rows) if self.rows else np.zeros((0, len(ROW_FIELDS)))
@@ -92,4 +97,10 @@ class CocoDetectionReducer(pytorch.MetricReducer):
             if len(rows):
                 kept_rows.append(rows[np.isin(rows[:, 0], new_ids)])
         rows = np.concatenate(kept_rows) if kept_rows else np.zeros((0, len(ROW_FIELDS)))
+        left_out = sorted(set(self.coco_gt.imgs) - seen)
+        if left_out:
+            logger.warning(
+                "COCO evaluation over %d of the %d validation images: %d left out (image ids %s%s)",
+                len(seen), len(self.coco_gt.imgs), len(left_out), left_out[:10], " ..." if len(left_out) > 10 else "",
+            )
         return evaluate_detections(self.coco_gt, rows, sorted(seen), self.evaluator)

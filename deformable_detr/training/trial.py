@@ -1,6 +1,7 @@
 """Deformable DETR as a Determined `PyTorchTrial`: the authors' optimisation, COCO bbox mAP, visible progress
 and self-contained checkpoints."""
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -12,7 +13,7 @@ from deformable_detr.config.experiment import ExperimentSettings
 from deformable_detr.config.run import Period
 from deformable_detr.data.batching import collate_fn
 from deformable_detr.data.build import build_dataset
-from deformable_detr.data.categories import category_names
+from deformable_detr.data.labels import fit_num_classes
 from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset
 from deformable_detr.models.build import build_model
 from deformable_detr.training.checkpoints import CheckpointMetadataWriter, make_metadata
@@ -63,6 +64,12 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         self.metrics_file = metrics_file if context.distributed.get_rank() == 0 else None
         self.batches_per_epoch: int | None = None
 
+        # The training split first: its categories size the model (num_classes: auto) and label the val split.
+        self.train_dataset = build_dataset("train", settings.data)
+        hparams = fit_num_classes(settings.hparams, self.train_dataset.label_space)
+        settings = self.settings = dataclasses.replace(
+            settings, hparams=hparams, model=dataclasses.replace(settings.model, num_classes=hparams["num_classes"])
+        )
         model, criterion, postprocessors = build_model(settings.hparams)
         if settings.run.warm_start:
             load_pretrained(model, resolve_warm_start(settings.run.warm_start), logger)
@@ -81,7 +88,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
             step_mode=pytorch.LRScheduler.StepMode.MANUAL_STEP,
         )
 
-        self.val_dataset = build_dataset("val", settings.data)
+        self.val_dataset = build_dataset("val", settings.data, self.train_dataset.label_space)
         self.coco_reducer = context.wrap_reducer(
             CocoDetectionReducer(self.val_dataset.coco, self.val_dataset.label_to_cat_id, settings.run.coco_evaluator),
             for_training=False,
@@ -89,7 +96,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
 
     # ----------------------------------------------------------------------------------------- data
     def build_training_data_loader(self) -> pytorch.DataLoader:
-        dataset = PerSampleSeededDataset(build_dataset("train", self.settings.data), self.seed)
+        dataset = PerSampleSeededDataset(self.train_dataset, self.seed)
         batch_sampler = EpochShuffleBatchSampler(
             len(dataset), self.context.get_per_slot_batch_size(), seed=self.seed, skip_batches=self.skip_batches
         )
@@ -159,7 +166,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
             self.settings.hparams,
             self.settings.data_section,
             self.val_dataset.label_to_cat_id,
-            category_names(self.val_dataset.coco),
+            self.val_dataset.label_space.names,
         )
         progress = ProgressLogger(
             self.context.get_global_batch_size(), self._total_batches, self.skip_batches, self.metrics_file
