@@ -68,7 +68,7 @@ class LabelSpace:
 
 
 def fit_num_classes(hparams: Mapping[str, Any], label_space: LabelSpace) -> dict[str, Any]:
-    """`hparams` with `num_classes` an integer that holds every label of `label_space`.
+    """`hparams` with `num_classes` (its default when absent) an integer that holds every label of `label_space`.
 
     'auto' becomes `label_space.num_classes()`; an integer is kept when it is large enough (COCO's 91 for
     80 categories with ids up to 90), else ValueError names the first category whose label does not fit.
@@ -87,4 +87,4 @@ def fit_num_classes(hparams: Mapping[str, Any], label_space: LabelSpace) -> dict
                     f"({name!r}) of {label_space.source} has label {label} ({mode}): the model needs "
                     f"num_classes >= {needed}; set it so, or to 'auto'"
                 )
-    return dict(hparams)
+    return {**hparams, "num_classes": num_classes}
