@@ -13,18 +13,19 @@ import sys
 import determined as det
 import torch
 
-from deformable_detr.config.experiment import ExperimentSettings, load_experiment_config
+from deformable_detr.config.experiment import ExperimentSettings, load_experiment_config, parse_hyperparameters
 from deformable_detr.config.run import Period
 from deformable_detr.training.determined_compat import (
     allow_determined_rng_state,
     batches_trained_in_checkpoint,
-    cluster_experiment_config,
     set_random_seeds,
     use_local_checkpoint,
 )
 from deformable_detr.training.trial import DeformableDETRTrial, train_unit
 
 __all__ = ["DeformableDETRTrial", "main"]
+
+logger = logging.getLogger("deformable_detr")
 
 
 # ---------------------------------------------------------------------------------------- the script
@@ -58,9 +59,19 @@ def main(argv: list[str] | None = None) -> None:
 
     info = det.get_cluster_info()
     on_cluster = info is not None and info.task_type == "TRIAL"
+    settings = None
     if on_cluster:
-        exp_conf, hparams, distributed = cluster_experiment_config(info), info.trial.hparams, None
+        # The master's hyperparameter sample; det.pytorch.init reads the master's copy of the config, sets up
+        # torch.distributed (the launcher's env) and seeds every generator with the trial seed.
+        exp_conf, hparams, distributed = None, info.trial.hparams, None
         latest_checkpoint, skip_batches = info.latest_checkpoint, 0
+        logger.info(
+            "trial %d of experiment %d on the cluster: trial seed %d, %s",
+            info.trial.trial_id,
+            info.trial.experiment_id,
+            info.trial.trial_seed,
+            f"resuming from checkpoint {latest_checkpoint}" if latest_checkpoint else "starting fresh",
+        )
     else:
         exp_conf, hparams = load_experiment_config(args.config, args.overrides)
         if args.checkpoint_dir:
@@ -71,12 +82,22 @@ def main(argv: list[str] | None = None) -> None:
         if args.resume:
             latest_checkpoint = use_local_checkpoint(args.resume, args.checkpoint_dir)
             skip_batches = batches_trained_in_checkpoint(args.resume)
-    settings = ExperimentSettings.from_config(exp_conf, hparams)
-    if not on_cluster:
+        settings = ExperimentSettings.from_config(exp_conf, hparams)
         set_random_seeds(settings.experiment_seed)
-    max_length = train_unit(Period("batches", args.max_batches) if args.max_batches is not None else settings.length)
+    # Needed before init: the context wraps the optimizer with it (gradient accumulation).
+    optimization = settings.optimization if settings is not None else parse_hyperparameters(hparams)[1]
+    aggregation_frequency = optimization.aggregation_frequency
+    if aggregation_frequency > 1:
+        logger.info("gradient accumulation: one optimizer step every %d batches", aggregation_frequency)
 
-    with det.pytorch.init(hparams=hparams, exp_conf=exp_conf, distributed=distributed) as context:
+    with det.pytorch.init(
+        hparams=hparams, exp_conf=exp_conf, distributed=distributed, aggregation_frequency=aggregation_frequency
+    ) as context:
+        if settings is None:
+            settings = ExperimentSettings.from_config(context.get_experiment_config(), hparams)
+        max_length = train_unit(
+            Period("batches", args.max_batches) if args.max_batches is not None else settings.length
+        )
         trial = DeformableDETRTrial(
             context, settings, skip_batches=skip_batches, max_length=max_length, metrics_file=args.metrics_file
         )

@@ -16,7 +16,9 @@ class OptimizationSettings:
     (0 freezes it). lr_backbone_names / lr_linear_proj_names: parameter-name fragments of those groups;
     lr_linear_proj_mult: the projections' factor on lr. weight_decay. sgd: SGD with momentum instead of AdamW.
     lr_drop: epochs before the learning rates drop tenfold. clip_max_norm: gradient clipping (0: none).
-    global_batch_size: images per step over all workers. epochs: the run's length when the searcher sets none.
+    global_batch_size: images per batch over all workers. aggregation_frequency: batches whose gradients are
+    accumulated into one optimizer step (Determined's gradient aggregation): a step sees
+    global_batch_size * aggregation_frequency images. epochs: the run's length when the searcher sets none.
     amp: mixed precision, "off", "bf16" or "fp16".
     """
 
@@ -30,6 +32,7 @@ class OptimizationSettings:
     lr_drop: int = 40
     clip_max_norm: float = 0.1
     global_batch_size: int = 32
+    aggregation_frequency: int = 1
     epochs: int = 50
     amp: str = "off"
 

@@ -1,11 +1,16 @@
-"""Work-arounds for Determined 0.38.1 under torch 2.14, and for its local (off-cluster) mode; every use of a
-private Determined API is here."""
+"""Work-arounds for Determined 0.38.1 under torch 2.14, and for its local (off-cluster) mode.
+
+Everything here depends on Determined's private behaviour (file formats, internal defaults) because
+0.38.1 has no public API for it; the canary tests in `tests/test_cluster_launch.py` fail when Determined
+changes it. The rest of the package uses only Determined's public API (`det.get_cluster_info()`,
+`det.pytorch.init`, the trial context's getters).
+"""
 
 import os
 import pickle
-from typing import Any
+import random
 
-import determined as det
+import numpy as np
 import torch
 
 from deformable_detr.inference.loading import DETERMINED_CHECKPOINT_GLOBALS
@@ -21,15 +26,12 @@ def allow_determined_rng_state() -> None:
     torch.serialization.add_safe_globals(DETERMINED_CHECKPOINT_GLOBALS)
 
 
-def cluster_experiment_config(info: det.ClusterInfo) -> dict[str, Any]:
-    """The experiment config of a trial on a cluster (Determined 0.38.1 exposes it only privately)."""
-    return info.trial._config
-
-
 def set_random_seeds(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators as Determined seeds a trial on a cluster (a local run
-    does not get this from Determined)."""
-    det.pytorch._trainer._set_random_seeds(seed)
+    """Seed Python's, NumPy's and torch's generators as `det.pytorch.init` seeds a trial on a cluster (with
+    the trial seed); a local run does not get this from Determined, and 0.38.1 has no public function for it."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.random.manual_seed(seed)
 
 
 def batches_trained_in_checkpoint(checkpoint_dir: str) -> int:

@@ -18,6 +18,7 @@ from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSee
 from deformable_detr.models.build import build_model
 from deformable_detr.training.checkpoints import CheckpointMetadataWriter, make_metadata
 from deformable_detr.training.coco_eval import CocoDetectionReducer
+from deformable_detr.training.distributed import average_num_boxes
 from deformable_detr.training.optim import build_lr_scheduler, build_optimizer
 from deformable_detr.training.progress import ProgressLogger
 from deformable_detr.training.steps import autocast, check_finite_loss, check_finite_outputs, step_losses, to_float32
@@ -63,6 +64,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         self.max_length = max_length
         self.metrics_file = metrics_file if context.distributed.get_rank() == 0 else None
         self.batches_per_epoch: int | None = None
+        self._accumulated_boxes = 0.0  # box count of the batches accumulated since the last optimizer step
 
         # The training split first: its categories size the model (num_classes: auto) and label the val split.
         self.train_dataset = build_dataset("train", settings.data)
@@ -131,7 +133,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         check_finite_outputs(outputs, where)
         loss, terms = step_losses(self.criterion, outputs, targets)
         check_finite_loss(loss, terms, where)
-        self._optimizer_step(loss)
+        self._optimizer_step(loss, targets)
         if (global_batch + 1) % self.batches_per_epoch == 0:
             self.lr_scheduler.step()
         metrics = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
@@ -139,17 +141,44 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
             metrics[f"lr_{group['name']}"] = group["lr"]
         return metrics
 
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
-        """Backward, gradient clipping (`clip_max_norm` > 0) and the optimizer step, scaled under fp16."""
-        self.context.backward(loss)
-        clip = self.settings.optimization.clip_max_norm
-        self.context.step_optimizer(
-            self.optimizer,
-            clip_grads=(lambda params: torch.nn.utils.clip_grad_norm_(params, clip)) if clip > 0 else None,
-            scaler=self.scaler,
-        )
-        if self.scaler is not None:
-            self.scaler.update()
+    def _optimizer_step(self, loss: torch.Tensor, targets: list[dict]) -> None:
+        """Backward, then (every `aggregation_frequency` batches) gradient clipping (`clip_max_norm` > 0) and the
+        optimizer step; under fp16 the loss is scaled and the gradients unscaled before clipping.
+
+        The authors' loss divides by the batch's box count (averaged over workers). With gradient accumulation
+        a step must divide by the count of all its batches, as one batch of `global_batch_size *
+        aggregation_frequency` images would: each batch back-propagates its loss times its count (the loss
+        summed over its boxes), and the accumulated gradient is rescaled once, before clipping and the step.
+        """
+        optimization = self.settings.optimization
+        frequency, clip = optimization.aggregation_frequency, optimization.clip_max_norm
+        if frequency > 1:
+            num_boxes = average_num_boxes(sum(len(target["labels"]) for target in targets), loss.device)
+            self._accumulated_boxes += num_boxes
+            loss = loss * num_boxes
+        self.context.backward(self.scaler.scale(loss) if self.scaler is not None else loss)
+        stepped = False
+
+        def before_step(params: list[torch.nn.Parameter]) -> None:
+            # Determined calls this only on the batch that steps, after averaging the accumulated gradients.
+            nonlocal stepped
+            stepped = True
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if frequency > 1:
+                scale = frequency / self._accumulated_boxes
+                for param in params:
+                    if param.grad is not None:
+                        param.grad.mul_(scale)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+
+        needs_hook = frequency > 1 or clip > 0 or self.scaler is not None
+        self.context.step_optimizer(self.optimizer, clip_grads=before_step if needs_hook else None, scaler=self.scaler)
+        if stepped:
+            self._accumulated_boxes = 0.0
+            if self.scaler is not None:
+                self.scaler.update()
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         images, mask, targets = batch
