@@ -15,24 +15,37 @@ import torch
 
 from deformable_detr.config.experiment import ExperimentSettings, load_experiment_config, parse_hyperparameters
 from deformable_detr.config.run import Period
+from deformable_detr.inference.checkpoint_files import latest_complete_checkpoint, steps_completed
 from deformable_detr.training.determined_compat import (
     allow_determined_rng_state,
-    batches_trained_in_checkpoint,
     set_random_seeds,
     use_local_checkpoint,
 )
 from deformable_detr.training.trial import DeformableDETRTrial, train_unit
 
-__all__ = ["DeformableDETRTrial", "main"]
+__all__ = ["DeformableDETRTrial", "main", "positive_int"]
 
 logger = logging.getLogger("deformable_detr")
 
 
 # ---------------------------------------------------------------------------------------- the script
+def positive_int(text: str) -> int:
+    """An argparse type: an integer > 0 (a run of 0 batches would do nothing and look successful)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="experiment config (YAML); on a cluster the master's copy is used")
-    parser.add_argument("--max-batches", type=int, help="train this many batches instead of the configured length")
+    parser.add_argument(
+        "--max-batches", type=positive_int, help="train this many batches instead of the configured length"
+    )
     parser.add_argument("--checkpoint-dir", help="where a local run keeps its checkpoints")
     parser.add_argument("--resume", help="a local run resumes from this checkpoint (a storage id or folder)")
     parser.add_argument("--overrides", help="JSON of hyperparameters to change for a local run")
@@ -80,8 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         distributed = _distributed_context()
         latest_checkpoint, skip_batches = None, 0
         if args.resume:
-            latest_checkpoint = use_local_checkpoint(args.resume, args.checkpoint_dir)
-            skip_batches = batches_trained_in_checkpoint(args.resume)
+            resume_from = latest_complete_checkpoint(args.resume)  # verified; JSON only, nothing unpickled
+            logger.info("resuming from %s", resume_from)
+            latest_checkpoint = use_local_checkpoint(resume_from, args.checkpoint_dir)
+            skip_batches = steps_completed(resume_from)
         settings = ExperimentSettings.from_config(exp_conf, hparams)
         set_random_seeds(settings.experiment_seed)
     # Needed before init: the context wraps the optimizer with it (gradient accumulation).

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deformable_detr.config.parsing import field_names, read_fields, reject_unknown, require_choice
+from deformable_detr.config.parsing import field_names, read_fields, reject_unknown, require, require_choice
 
 SECTION = "data.trainer"
 PERIOD_UNITS = ("batches", "epochs")
@@ -39,13 +39,15 @@ class Period:
 class RunSettings:
     """validation_period / checkpoint_period / reporting_period: how often the trainer validates, saves and
     reports. coco_evaluator: "pycocotools" or "faster_coco_eval". warm_start: a released checkpoint (path or
-    http(s) URL) the model starts from."""
+    http(s) URL) the model starts from. keep_checkpoints: how many of its latest checkpoints a local run keeps
+    (on a cluster, the experiment's checkpoint_storage settings govern)."""
 
     validation_period: Period = field(default_factory=lambda: Period("epochs", 1))
     checkpoint_period: Period = field(default_factory=lambda: Period("epochs", 1))
     reporting_period: Period = field(default_factory=lambda: Period("batches", 50))
     coco_evaluator: str = "pycocotools"
     warm_start: str | None = None
+    keep_checkpoints: int = 2
 
     @classmethod
     def from_mapping(cls, trainer: Mapping[str, Any] | None) -> "RunSettings":
@@ -59,4 +61,6 @@ class RunSettings:
         values.update({key: Period.parse(SECTION, key, trainer[key]) for key in periods if key in trainer})
         settings = cls(**values)
         require_choice(SECTION, "coco_evaluator", settings.coco_evaluator, EVALUATORS)
+        keep = settings.keep_checkpoints
+        require(SECTION, "keep_checkpoints", keep >= 1, f"must be >= 1, got {keep}")
         return settings

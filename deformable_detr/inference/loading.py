@@ -2,8 +2,8 @@
 check that a checkpoint's weights fit a model (inference and warm start)."""
 
 import argparse
-import json
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -18,11 +18,10 @@ from deformable_detr.config.parsing import field_names
 from deformable_detr.data.batching import pad_images
 from deformable_detr.data.categories import COCO_CATEGORY_NAMES
 from deformable_detr.data.transforms import make_transforms
+from deformable_detr.inference.checkpoint_files import IncompleteCheckpointError, verify_checkpoint
 from deformable_detr.models.build import build_model
 from deformable_detr.models.detector import DeformableDETR
 
-# The file beside the weights in every checkpoint folder the trial writes (see `make_metadata`).
-METADATA_FILE = "deformable_detr.json"
 WEIGHTS_FILE = "state_dict.pth"
 # Non-tensor globals the checkpoint files need besides what torch.load(weights_only=True) allows: the
 # authors' files hold their argparse.Namespace, Determined's keep numpy's RNG state.
@@ -102,18 +101,22 @@ def read_released_checkpoint(
 
 
 def read_metadata(checkpoint_dir: str) -> dict[str, Any]:
-    """The metadata a checkpoint folder of this package holds: hparams, data, label_to_cat_id, category_names."""
-    path = os.path.join(checkpoint_dir, METADATA_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{checkpoint_dir!r} has no {METADATA_FILE}: not a checkpoint of this package")
-    with open(path) as f:
-        return json.load(f)
+    """The metadata a complete checkpoint folder of this package holds: hparams, data, label_to_cat_id,
+    category_names, files. IncompleteCheckpointError names the folder and the file when it is incomplete."""
+    return verify_checkpoint(checkpoint_dir)
 
 
 def read_trial_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
-    """The model's state_dict in a checkpoint folder the trial wrote (Determined's state_dict.pth)."""
-    with torch.serialization.safe_globals(DETERMINED_CHECKPOINT_GLOBALS):
-        state = torch.load(os.path.join(checkpoint_dir, WEIGHTS_FILE), map_location="cpu", weights_only=True)
+    """The model's state_dict in a checkpoint folder the trial wrote (Determined's state_dict.pth), loaded
+    with weights_only=True."""
+    path = os.path.join(checkpoint_dir, WEIGHTS_FILE)
+    try:
+        with torch.serialization.safe_globals(DETERMINED_CHECKPOINT_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise IncompleteCheckpointError(f"checkpoint {checkpoint_dir!r}: {WEIGHTS_FILE} is missing") from error
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # a file cut short or damaged
+        raise IncompleteCheckpointError(f"checkpoint {checkpoint_dir!r}: cannot read {WEIGHTS_FILE}: {error}") from error
     return {key.removeprefix("module."): value for key, value in state["models_state_dict"][0].items()}
 
 

@@ -7,9 +7,9 @@ changes it. The rest of the package uses only Determined's public API (`det.get_
 """
 
 import os
-import pickle
 import random
 
+import determined as det
 import numpy as np
 import torch
 
@@ -34,18 +34,17 @@ def set_random_seeds(seed: int) -> None:
     torch.random.manual_seed(seed)
 
 
-def batches_trained_in_checkpoint(checkpoint_dir: str) -> int:
-    """How many training batches a checkpoint of a local run had done.
+def direct_checkpoint_storage(context) -> str | None:
+    """The folder Determined writes checkpoint folders into directly (`<folder>/<storage id>/`: local runs and
+    shared_fs storage), or None when it uploads them after they are written (cloud storage)."""
+    manager = context._core.checkpoint._storage_manager
+    return os.fspath(manager._base_path) if manager.store_path_is_direct_access() else None
 
-    A local run resumes with Determined's batch counter restored but its data loader at the first
-    batch; the trial skips this many batches itself so that the data continues where it stopped.
-    """
-    state_file = os.path.join(checkpoint_dir, "trial_state.pkl")
-    if not os.path.isfile(state_file):
-        raise FileNotFoundError(f"{checkpoint_dir!r} is not a Determined checkpoint: no trial_state.pkl in it")
-    with open(state_file, "rb") as f:
-        state = pickle.load(f)  # written by Determined for this run
-    return int(state["batches_trained"])
+
+def exit_after_checkpoint() -> BaseException:
+    """The exception that makes Determined's trainer leave training the way a preemption does: it writes a
+    checkpoint (unless the latest is current) and returns from `fit()` without error."""
+    return det.pytorch._ShouldExit()
 
 
 def use_local_checkpoint(checkpoint_dir: str, checkpoint_root: str | None) -> str:

@@ -18,10 +18,17 @@ from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSee
 from deformable_detr.models.build import build_model
 from deformable_detr.training.checkpoints import CheckpointMetadataWriter, make_metadata
 from deformable_detr.training.coco_eval import CocoDetectionReducer
+from deformable_detr.training.determined_compat import direct_checkpoint_storage, exit_after_checkpoint
 from deformable_detr.training.distributed import average_num_boxes
 from deformable_detr.training.optim import build_lr_scheduler, build_optimizer
 from deformable_detr.training.progress import ProgressLogger
 from deformable_detr.training.steps import autocast, check_finite_loss, check_finite_outputs, step_losses, to_float32
+from deformable_detr.training.validation_guard import (
+    FailedBatch,
+    GuardedDataset,
+    ValidationFailedError,
+    guarded_collate,
+)
 from deformable_detr.training.warm_start import load_pretrained, resolve_warm_start
 
 logger = logging.getLogger("deformable_detr")
@@ -64,6 +71,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         self.max_length = max_length
         self.metrics_file = metrics_file if context.distributed.get_rank() == 0 else None
         self.batches_per_epoch: int | None = None
+        self.validation_failure: str | None = None  # set when validation stopped the run (see evaluate_batch)
         self._accumulated_boxes = 0.0  # box count of the batches accumulated since the last optimizer step
 
         # The training split first: its categories size the model (num_classes: auto) and label the val split.
@@ -115,11 +123,11 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
 
     def build_validation_data_loader(self) -> pytorch.DataLoader:
         return pytorch.DataLoader(
-            self.val_dataset,
+            GuardedDataset(self.val_dataset),  # an unreadable item reaches evaluate_batch as a FailedBatch
             batch_size=self.context.get_per_slot_batch_size(),
             shuffle=False,
             num_workers=self.settings.data.num_workers,
-            collate_fn=collate_fn,
+            collate_fn=guarded_collate(collate_fn),
         )
 
     # ------------------------------------------------------------------------------------ training
@@ -181,6 +189,8 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
                 self.scaler.update()
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        if isinstance(batch, FailedBatch):
+            self._stop_on_validation_failure(batch, batch_idx)
         images, mask, targets = batch
         with autocast(self.context.device.type, self.settings.optimization.amp):
             outputs = self.model(images, mask)
@@ -189,6 +199,21 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         detections = self.postprocessors["bbox"](to_float32(outputs), orig_sizes)
         self.coco_reducer.update([int(target["image_id"]) for target in targets], detections)
         return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+
+    def get_batch_length(self, batch: Any) -> int:
+        return 0 if isinstance(batch, FailedBatch) else super().get_batch_length(batch)
+
+    def _stop_on_validation_failure(self, batch: FailedBatch, batch_idx: int) -> None:
+        """Stop the run through Determined's exit path, which writes the checkpoint first; the failure is
+        raised at shutdown (`ValidationFailureReporter`). With several workers the others are still
+        validating and cannot join a checkpoint, so the error is raised at once."""
+        for item in batch.errors:
+            logger.error("validation item %d could not be read:\n%s", item.index, item.traceback)
+        first = batch.errors[0]
+        self.validation_failure = f"validation batch {batch_idx}, item {first.index}: {first.error}"
+        if self.context.distributed.get_size() > 1:
+            raise ValidationFailedError(f"{self.validation_failure} (no checkpoint written: several workers)")
+        raise exit_after_checkpoint()
 
     def build_callbacks(self) -> dict[str, pytorch.PyTorchCallback]:
         metadata = make_metadata(
@@ -200,7 +225,17 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         progress = ProgressLogger(
             self.context.get_global_batch_size(), self._total_batches, self.skip_batches, self.metrics_file
         )
-        return {"progress": progress, "metadata": CheckpointMetadataWriter(metadata)}
+        writer = CheckpointMetadataWriter(
+            metadata,
+            storage_dir=direct_checkpoint_storage(self.context),
+            keep=None if _on_cluster() else self.settings.run.keep_checkpoints,  # the cluster's own GC governs
+            is_chief=self.context.distributed.get_rank() == 0,
+        )
+        return {
+            "progress": progress,
+            "metadata": writer,
+            "validation_failure": ValidationFailureReporter(self, writer),
+        }
 
     def _total_batches(self) -> int | None:
         if isinstance(self.max_length, pytorch.Batch):
@@ -208,6 +243,27 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         if isinstance(self.max_length, pytorch.Epoch) and self.batches_per_epoch:
             return self.max_length.value * self.batches_per_epoch
         return None
+
+
+class ValidationFailureReporter(pytorch.PyTorchCallback):
+    """Raises the validation failure that stopped the trial once Determined has written the checkpoint and
+    shut the trial down, naming that checkpoint."""
+
+    def __init__(self, trial: DeformableDETRTrial, writer: CheckpointMetadataWriter) -> None:
+        self.trial = trial
+        self.writer = writer
+
+    def on_trial_shutdown(self) -> None:
+        if self.trial.validation_failure is not None:
+            raise ValidationFailedError(
+                f"{self.trial.validation_failure}; the checkpoint was written before stopping: "
+                f"{self.writer.last_checkpoint or 'none (this run wrote no checkpoint)'}"
+            )
+
+
+def _on_cluster() -> bool:
+    info = det.get_cluster_info()
+    return info is not None and info.task_type == "TRIAL"
 
 
 def _trial_seed(context: pytorch.PyTorchTrialContext, settings: ExperimentSettings) -> int:
