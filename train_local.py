@@ -2,7 +2,9 @@
 
 It generates the synthetic COCO-format dataset when absent, trains `cpu_synthetic.yaml` through the same
 trial class and Determined `Trainer` as a cluster run (validating with COCO mAP on the way and
-checkpointing), then writes:
+checkpointing), then writes into a new folder for each run, `outputs/train/<date-time>/` (with
+`outputs/train/latest` pointing at it, or `outputs/train/LATEST` naming it where symlinks are unavailable),
+or into `--output DIR` when DIR is new or empty; nothing already there is deleted:
     <output>/curves.png        training losses and validation mAP against the batch number
     <output>/predictions.png   validation images: ground truth (left) beside the predictions (right)
     <output>/metrics.jsonl     every training and validation report
@@ -11,10 +13,9 @@ and prints `final bbox mAP: <value>`.
 """
 
 import argparse
-import glob
 import json
+import logging
 import os
-import shutil
 import sys
 import time
 
@@ -26,11 +27,14 @@ from deformable_detr.data import paths, synthetic
 from deformable_detr.data.categories import category_ids, category_names
 from deformable_detr.data.coco import load_coco
 from deformable_detr.data.images import read_image
+from deformable_detr.inference.checkpoint_files import latest_complete_checkpoint
 from deformable_detr.inference.loading import load_for_inference
 from deformable_detr.inference.visualize import draw_boxes, plot_curves, save_side_by_side
 
 DEFAULT_CONFIG = "cpu_synthetic.yaml"
-DEFAULT_OUTPUT = os.path.join("outputs", "train")
+RUNS_ROOT = os.path.join("outputs", "train")
+LATEST = "latest"  # a symlink to the newest run folder
+LATEST_FILE = "LATEST"  # names the newest run folder where symlinks cannot be made
 SHOWN_IMAGES = 6
 SHOWN_SCORE = 0.3  # lowest score drawn in predictions.png
 
@@ -45,11 +49,52 @@ def ensure_dataset(data_dir: str, train_images: int, val_images: int, image_size
     )
 
 
-def latest_checkpoint(checkpoint_dir: str) -> str:
-    folders = [path for path in glob.glob(os.path.join(checkpoint_dir, "determined", "*")) if os.path.isdir(path)]
-    if not folders:
-        raise RuntimeError(f"the run wrote no checkpoint under {checkpoint_dir}")
-    return max(folders, key=os.path.getmtime)
+def new_run_folder(root: str = RUNS_ROOT) -> str:
+    """A new folder `root/<date-time>` (suffixed -2, -3.. when taken), with `root/latest` pointing at it.
+    Nothing already under `root` is changed, except what `latest` points at."""
+    os.makedirs(root, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        name = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        try:
+            os.mkdir(os.path.join(root, name))
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RuntimeError(f"no free run folder name for {stamp} in {root}")
+    _point_latest_at(root, name)
+    return os.path.join(root, name)
+
+
+def _point_latest_at(root: str, name: str) -> None:
+    """`root/latest` -> `name` (replaced in one step); where symlinks cannot be made, `root/LATEST` names it."""
+    temporary = os.path.join(root, f".{LATEST}.{os.getpid()}")
+    try:
+        os.symlink(name, temporary, target_is_directory=True)
+        os.replace(temporary, os.path.join(root, LATEST))
+    except (OSError, NotImplementedError) as error:
+        logging.getLogger("train_local").warning(
+            "cannot point the symlink %s at %s (%s); %s names the newest run instead",
+            os.path.join(root, LATEST), name, error, os.path.join(root, LATEST_FILE),
+        )
+        with open(temporary, "w") as f:
+            f.write(name + "\n")
+        os.replace(temporary, os.path.join(root, LATEST_FILE))
+
+
+def prepare_output(output: str | None) -> str:
+    """The run's output folder: a new one under outputs/train, or `output`, which must be new or empty."""
+    if output is None:
+        return new_run_folder()
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        kind = "a folder that is not empty" if os.path.isdir(output) else "a file"
+        raise FileExistsError(
+            f"--output {output!r} is {kind}; give a new or empty folder, or leave --output out for a new "
+            f"folder under {RUNS_ROOT} (nothing there is deleted)"
+        )
+    os.makedirs(output, exist_ok=True)
+    return output
 
 
 def draw_predictions(
@@ -77,21 +122,26 @@ def draw_predictions(
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--output", default=DEFAULT_OUTPUT)
-    parser.add_argument("--max-batches", type=int, help="a shorter run (for a quick check)")
-    parser.add_argument("--train-images", type=int, default=2000, help="size of a generated training set")
-    parser.add_argument("--val-images", type=int, default=200, help="size of a generated validation set")
-    parser.add_argument("--image-size", type=int, default=256, help="side of the generated images")
+    parser.add_argument("--output", help=f"a new or empty folder (default: a new folder under {RUNS_ROOT})")
+    parser.add_argument("--max-batches", type=model_def.positive_int, help="a shorter run (for a quick check)")
+    parser.add_argument(
+        "--train-images", type=model_def.positive_int, default=2000, help="size of a generated training set"
+    )
+    parser.add_argument(
+        "--val-images", type=model_def.positive_int, default=200, help="size of a generated validation set"
+    )
+    parser.add_argument("--image-size", type=model_def.positive_int, default=256, help="side of the generated images")
     args = parser.parse_args(argv)
+    try:
+        args.output = prepare_output(args.output)  # before anything runs
+    except FileExistsError as error:
+        parser.error(str(error))
     start = time.monotonic()
 
     with open(args.config) as f:
         data_dir = yaml.safe_load(f)["data"]["data_dir"]
     ensure_dataset(data_dir, args.train_images, args.val_images, args.image_size)
 
-    # A fresh run each time: the same seed gives the same result.
-    shutil.rmtree(args.output, ignore_errors=True)
-    os.makedirs(args.output)
     checkpoints = os.path.join(args.output, "checkpoints")
     metrics_file = os.path.join(args.output, "metrics.jsonl")
     run_args = [args.config, "--checkpoint-dir", checkpoints, "--metrics-file", metrics_file]
@@ -105,7 +155,7 @@ def main(argv: list[str] | None = None) -> float:
     if not validations:
         raise RuntimeError("the run reported no validation; check validation_period in the config")
     plot_curves(records, os.path.join(args.output, "curves.png"))
-    checkpoint = latest_checkpoint(checkpoints)
+    checkpoint = latest_complete_checkpoint(checkpoints)
     draw_predictions(checkpoint, data_dir, os.path.join(args.output, "predictions.png"))
 
     final_map = validations[-1]["mAP"]
