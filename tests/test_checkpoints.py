@@ -7,6 +7,7 @@ import os
 import pickle
 
 import pytest
+import torch
 
 from deformable_detr.inference.checkpoint_files import (
     IncompleteCheckpointError,
@@ -123,3 +124,15 @@ def test_inference_refuses_an_incomplete_checkpoint_naming_it(tmp_path):
     os.remove(os.path.join(folder, "state_dict.pth"))
     with pytest.raises(IncompleteCheckpointError, match="a' is incomplete: state_dict.pth is missing"):
         load_for_inference(folder)
+
+
+def test_inference_reads_weights_only_and_runs_no_code_from_a_checkpoint(tmp_path):
+    marker = tmp_path / "code_ran"
+    folder = tmp_path / "hostile"
+    make_checkpoint(folder, steps=4, complete=False)
+    torch.save({"models_state_dict": [{"weight": WritesMarker(str(marker))}]}, folder / "state_dict.pth")
+    write_checkpoint_metadata(str(folder), {"hparams": {}, "data": {}, "label_to_cat_id": None,
+                                            "category_names": {}})
+    with pytest.raises(IncompleteCheckpointError, match=r"hostile': cannot read state_dict.pth: Weights only"):
+        load_for_inference(str(folder))
+    assert not marker.exists()

@@ -1,13 +1,18 @@
 """predict.py on a checkpoint of a short training run: COCO results JSON that pycocotools accepts,
-annotated PNGs, and clear errors for unreadable images and checkpoints of the wrong shape."""
+annotated PNGs, one output per input even when file names repeat, unreadable images skipped or refused
+before any output, arguments checked before the model loads, clear errors for checkpoints of the wrong
+shape."""
 
 import contextlib
 import io
 import json
+import logging
 import os
+import shutil
 
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 
 import predict
@@ -43,8 +48,9 @@ def test_predict_writes_coco_results_and_pictures(trained, tmp_path):
     assert set(detections.getImgIds()) == set(gt.getImgIds())
     assert {entry["category_id"] for entry in written} <= set(range(5))
     for name in sorted(os.listdir(val_dir)):
-        png = tmp_path / (os.path.splitext(name)[0] + ".png")
+        png = tmp_path / (name + ".png")
         assert png.read_bytes()[:4] == b"\x89PNG"
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
 
 
 def test_threshold_keeps_only_confident_detections(trained, tmp_path):
@@ -55,11 +61,81 @@ def test_threshold_keeps_only_confident_detections(trained, tmp_path):
     assert kept and all(entry["score"] >= cut for entry in kept) and len(kept) < len(all_results)
 
 
-def test_unreadable_image_is_named(trained, tmp_path):
+def val_images(trained) -> list[str]:
+    val_dir = os.path.join(trained["data_dir"], "val2017")
+    return [os.path.join(val_dir, name) for name in sorted(os.listdir(val_dir))]
+
+
+def test_same_file_names_in_other_folders_or_formats_keep_every_output(trained, tmp_path):
+    first, second = val_images(trained)[:2]
+    inputs = tmp_path / "in"
+    (inputs / "a").mkdir(parents=True)
+    (inputs / "b").mkdir()
+    shutil.copy(first, inputs / "a" / "img.jpg")
+    Image.open(second).save(inputs / "a" / "img.png")
+    shutil.copy(second, inputs / "b" / "img.jpg")
+    out = tmp_path / "out"
+    results = predict.predict(trained["checkpoint"], [str(inputs / "a" / "img.jpg"), str(inputs / "a" / "img.png"),
+                                                      str(inputs / "b")], str(out), threshold=0.0)
+    for name in ("a/img.jpg.png", "a/img.png.png", "b/img.jpg.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    by_name = {}
+    for entry in results:
+        by_name.setdefault(entry["file_name"], set()).add(entry["image_id"])
+    assert sorted(by_name) == ["a/img.jpg", "a/img.png", "b/img.jpg"]
+    assert len(set().union(*by_name.values())) == 3  # one image id each
+    with open(out / "detections.json") as f:
+        assert json.load(f) == results
+
+
+def test_unreadable_image_is_skipped_with_a_warning_and_the_rest_written(trained, tmp_path, caplog):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = val_images(trained)[:2]
+    for path in good:
+        shutil.copy(path, inputs)
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="predict"):
+        results = predict.predict(trained["checkpoint"], [str(inputs)], str(out), threshold=0.0, batch_size=3)
+    assert "broken.jpg" in caplog.text
+    assert {entry["file_name"] for entry in results} == {os.path.basename(path) for path in good}
+    assert sorted(os.listdir(out)) == sorted(["detections.json"] + [os.path.basename(p) + ".png" for p in good])
+
+
+def test_unreadable_image_with_the_error_policy_stops_before_any_output(trained, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 this is not a jpeg")
+    out = tmp_path / "out"
     with pytest.raises(ImageDecodeError, match="broken.jpg"):
-        predict.predict(trained["checkpoint"], [str(broken)], str(tmp_path / "out"))
+        predict.predict(trained["checkpoint"], val_images(trained)[:1] + [str(broken)], str(out),
+                        on_bad_image="error")
+    assert not out.exists()
+
+
+def model_must_not_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+
+def test_output_that_is_a_file_fails_before_the_model_loads(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "load_for_inference", model_must_not_load)
+    output = tmp_path / "out"
+    output.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", trained["checkpoint"], "--output", str(output), *val_images(trained)[:1]])
+    assert exit_info.value.code == 2 and "is a file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--output .* is a file"):
+        predict.predict(trained["checkpoint"], val_images(trained)[:1], str(output))
+    assert output.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("bad", [["--threshold", "1.5"], ["--batch-size", "0"], ["--checkpoint", "nowhere"]])
+def test_bad_arguments_fail_before_the_model_loads(trained, tmp_path, monkeypatch, bad):
+    monkeypatch.setattr(predict, "load_for_inference", model_must_not_load)
+    args = ["--checkpoint", trained["checkpoint"], "--output", str(tmp_path / "out"), *val_images(trained)[:1]]
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(args + bad)
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
 
 
 def test_checkpoint_of_the_wrong_shape_is_refused(trained, tmp_path):
