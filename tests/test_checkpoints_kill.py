@@ -103,4 +103,4 @@ def test_runs_killed_while_writing_checkpoints_resume_to_the_uninterrupted_weigh
     actual = weights_at(final)
     assert expected.keys() == actual.keys()
     for key in expected:
-        assert torch.equal(expected[key], actual[key]), f"{key} differs after {KILLS} kills, resumed from {resumed_from}"
+        assert torch.equal(expected[key], actual[key]), f"{key} differs after {KILLS} kills ({resumed_from})"

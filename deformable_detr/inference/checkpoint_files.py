@@ -92,7 +92,9 @@ def verify_checkpoint(folder: str) -> dict[str, Any]:
         with open(path) as f:
             metadata = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise IncompleteCheckpointError(f"checkpoint {folder!r}: {METADATA_FILE} is not valid JSON ({error})") from error
+        raise IncompleteCheckpointError(
+            f"checkpoint {folder!r}: {METADATA_FILE} is not valid JSON ({error})"
+        ) from error
     files = metadata.get(FILES_KEY) if isinstance(metadata, dict) else None
     if not isinstance(files, dict) or not files:
         raise IncompleteCheckpointError(
@@ -153,7 +155,8 @@ def latest_complete_checkpoint(path: str) -> str:
         if is_checkpoint_folder(os.path.join(parent, name))
     )
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint folders in {path!r}" + (" or its determined/" if len(parents) > 1 else ""))
+        where = f"{path!r}" + (" or its determined/" if len(parents) > 1 else "")
+        raise FileNotFoundError(f"no checkpoint folders in {where}")
     complete: list[tuple[int, float, str]] = []
     problems = []
     for folder in candidates:

@@ -116,7 +116,9 @@ def read_trial_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     except FileNotFoundError as error:
         raise IncompleteCheckpointError(f"checkpoint {checkpoint_dir!r}: {WEIGHTS_FILE} is missing") from error
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # a file cut short or damaged
-        raise IncompleteCheckpointError(f"checkpoint {checkpoint_dir!r}: cannot read {WEIGHTS_FILE}: {error}") from error
+        raise IncompleteCheckpointError(
+            f"checkpoint {checkpoint_dir!r}: cannot read {WEIGHTS_FILE}: {error}"
+        ) from error
     return {key.removeprefix("module."): value for key, value in state["models_state_dict"][0].items()}
 
 
