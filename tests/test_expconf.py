@@ -132,6 +132,7 @@ def _asha(**searcher: Any) -> dict[str, Any]:
     return {
         "name": "asha",
         "entrypoint": "python3 model_def.py",
+        "data": {"backend": "fake"},
         "hyperparameters": {"lr": {"type": "log", "base": 10, "minval": -5, "maxval": -3}},
         "searcher": {"name": "adaptive_asha", "metric": "mAP", "smaller_is_better": False, "max_trials": 8, **searcher},
     }

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import sys
 import tempfile
@@ -823,8 +824,145 @@ def validate_config(
     return schemas.completeness_errors(complete) + searcher_errors(config)
 
 
+# --------------------------------------------------------------------------------------------------
+# This package's own settings: what the trial would refuse
+# --------------------------------------------------------------------------------------------------
+
+_SEARCH_SPACE_TYPES = ("const", "categorical", "int", "double", "log")
+
+
+def _candidate_values(name: str, value: Any) -> list[tuple[Any, str]]:
+    """Every value a trial can get for one hyperparameter, each with how to name it in an error: the value
+    of `const`, each of `categorical`, both bounds of `int`/`double`, ``base ** bound`` of `log`; a plain value
+    as is; a nested mapping as each combination of its keys' first values with one key varied."""
+    if isinstance(value, Mapping) and value.get("type") in _SEARCH_SPACE_TYPES:
+        kind = value["type"]
+        if kind == "const":
+            return [(value.get("val"), "")]
+        if kind == "categorical":
+            return [(choice, f" (categorical value {choice!r} of {name})") for choice in value.get("vals") or []]
+        bounds = [("minval", value.get("minval")), ("maxval", value.get("maxval"))]
+        if kind == "log":
+            base = value.get("base", 10)
+            return [(base**bound, f" (log {key} {base}**{bound} of {name})") for key, bound in bounds
+                    if _is_number(base) and _is_number(bound)]
+        return [(bound, f" ({kind} {key} of {name})") for key, bound in bounds]
+    if isinstance(value, Mapping) and "type" not in value:
+        inner = {key: _candidate_values(f"{name}.{key}", item) for key, item in value.items()}
+        if any(not candidates for candidates in inner.values()):
+            return []
+        first = {key: candidates[0][0] for key, candidates in inner.items()}
+        variants = [(first, "")]
+        for key, candidates in inner.items():
+            variants += [({**first, key: candidate}, where) for candidate, where in candidates[1:]]
+        return variants
+    return [(value, "")]
+
+
+def hyperparameter_samples(hyperparameters: Mapping[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """The hyperparameter sets to check, each with a note naming what it varies: every hyperparameter at its
+    first candidate value, then each other candidate value of each hyperparameter with the rest at their
+    first (so a search space is checked value by value, not in every combination)."""
+    candidates = {name: _candidate_values(name, value) for name, value in hyperparameters.items()}
+    base = {name: values[0][0] for name, values in candidates.items() if values}
+    samples = [(base, "")]
+    for name, values in candidates.items():
+        samples += [({**base, name: value}, where) for value, where in values[1:]]
+    return samples
+
+
+def _every_error(
+    parse: Callable[[dict[str, Any]], Any], mapping: Mapping[str, Any], known: frozenset[str], section: str,
+    key_pattern: str, stand_ins: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Every error `parse` finds in `mapping`, not only the first: unknown keys are reported and dropped, then
+    each key an error names (`key_pattern`'s group 1) is dropped (back to its default, or to its `stand_ins`
+    value when it has no default) and the rest parsed again, so one bad key does not hide another and keys
+    that depend on each other are checked together. An error about a key already reported ends the search
+    (it follows from the replacement, not from the config)."""
+    stand_ins = stand_ins or {}
+    replaced: set[str] = set()
+    from deformable_detr.config.parsing import reject_unknown
+
+    errors = []
+    remaining = dict(mapping)
+    try:
+        reject_unknown(section, remaining, known)
+    except ValueError as error:
+        errors.append(str(error))
+        remaining = {key: value for key, value in remaining.items() if key in known}
+    for _ in range(len(remaining) + 1):
+        try:
+            parse(remaining)
+            break
+        except ValueError as error:
+            named = re.search(key_pattern, str(error))
+            key = named.group(1) if named else None
+            if key in replaced:
+                break
+            errors.append(str(error))
+            if key not in remaining:
+                break
+            replaced.add(key)
+            if key in stand_ins:
+                remaining[key] = stand_ins[key]
+            else:
+                del remaining[key]
+    return errors
+
+
+def settings_errors(config: Any) -> list[str]:
+    """What this package's settings layer (``deformable_detr.config``) refuses in a config, as the trial would
+    parse it: every hyperparameter value a trial can be given (see :func:`hyperparameter_samples`), the
+    ``data:`` section and its ``trainer`` run settings, then the experiment as a whole; ``[]`` when the trial
+    would accept every trial of the experiment. Each error names its key."""
+    # Imported here: the schema checks above do not need the package's settings.
+    from deformable_detr.config.data import TRAINER_KEY, DataSettings
+    from deformable_detr.config.experiment import HYPERPARAMETER_KEYS, ExperimentSettings, parse_hyperparameters
+    from deformable_detr.config.parsing import HYPERPARAMETERS, field_names
+    from deformable_detr.config.run import RunSettings
+
+    if not isinstance(config, Mapping):
+        return []  # validate_config reports it
+    found: list[str] = []
+
+    def add(messages: list[str], where: str = "") -> None:
+        for message in messages:
+            if not any(seen.startswith(message) for seen in found):
+                found.append(message + where)
+
+    hyperparameters = config.get("hyperparameters") or {}
+    if not isinstance(hyperparameters, Mapping):
+        return [f"hyperparameters must be a mapping, got {type(hyperparameters).__name__}"]
+    samples = hyperparameter_samples(hyperparameters)
+    for hparams, where in samples:
+        add(_every_error(parse_hyperparameters, hparams, HYPERPARAMETER_KEYS, HYPERPARAMETERS,
+                         r"hyperparameters? '([^']+)'"), where)
+    data = config.get("data") or {}
+    if not isinstance(data, Mapping):
+        return found + [f"data: the section must be a mapping, got {type(data).__name__}"]
+    # A bad backend is checked further as the fake one, which needs no other key.
+    add(_every_error(DataSettings.from_mapping, data, field_names(DataSettings) | {TRAINER_KEY}, "data",
+                     r"^data\.([A-Za-z_]+)", stand_ins={"backend": "fake"}))
+    trainer = data.get(TRAINER_KEY) or {}
+    if isinstance(trainer, Mapping):
+        add(_every_error(RunSettings.from_mapping, trainer, field_names(RunSettings), f"data.{TRAINER_KEY}",
+                         r"^data\.trainer\.([A-Za-z_]+)"))
+    else:
+        add([f"data.{TRAINER_KEY} must be a mapping, got {trainer!r}"])
+    if not found:  # what only the whole experiment can refuse: settings of different sections together
+        for hparams, where in samples:
+            try:
+                ExperimentSettings.from_config(config, hparams)
+            except ValueError as error:
+                add([str(error)], where)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Validate Determined 0.38.1 experiment configs offline.")
+    parser = argparse.ArgumentParser(
+        description="Validate experiment configs offline: Determined 0.38.1's checks and this package's settings."
+    )
     parser.add_argument("configs", nargs="+", type=Path, help="experiment config YAML files")
     args = parser.parse_args(argv)
     try:
@@ -841,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: cannot read: {err}", file=sys.stderr)
             failed = True
             continue
-        problems = validate_config(config, schemas=schemas)
+        problems = validate_config(config, schemas=schemas) + settings_errors(config)
         warnings = deprecated_fields(config) if isinstance(config, dict) else []
         for message in problems:
             print(f"{path}: error: {message}", file=sys.stderr)
