@@ -353,5 +353,6 @@ def test_s3_data_check_names_a_missing_object(servers, proxy, tmp_path):
         json.dump(annotations, f)
     os.makedirs(cache)
     shutil.copy(os.path.join(str(tmp_path), "val.json"), os.path.join(cache, "instances_val2017.json"))
-    with pytest.raises(ValueError, match=r"(?s)images in s3://coco-s3-test/datasets/coco/val2017:.*missing image: image id \d+ \(absent.jpg\)"):
+    expected = r"(?s)images in s3://coco-s3-test/datasets/coco/val2017:.*missing image: image id \d+ \(absent.jpg\)"
+    with pytest.raises(ValueError, match=expected):
         data.build_dataset("val", s3_data(proxy, cache))

@@ -115,7 +115,9 @@ class CocoDetection(Dataset):
                 self._left_out(self.ids[candidate], str(error))
                 continue
             return self.transforms(image, target)
-        raise ImageDecodeError(f"data.on_bad_image: skip: none of the {len(self)} images of {self.image_folder} decodes")
+        raise ImageDecodeError(
+            f"data.on_bad_image: skip: none of the {len(self)} images of {self.image_folder} decodes"
+        )
 
     def _left_out(self, image_id: int, reason: str) -> None:
         if image_id in self.skipped:

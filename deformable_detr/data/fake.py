@@ -117,7 +117,9 @@ class FakeCocoDetection(Dataset):
                 for i in range(self.length)
             ],
             "annotations": [record for i in range(self.length) for record in self.annotations(i)],
-            "categories": [{"id": c, "name": name, "supercategory": "fake"} for c, name in self.category_names().items()],
+            "categories": [
+                {"id": c, "name": name, "supercategory": "fake"} for c, name in self.category_names().items()
+            ],
         }
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
