@@ -24,7 +24,11 @@ import torch
 from determined import _info
 
 from conftest import REPO_ROOT
-from deformable_detr.training.determined_compat import set_random_seeds
+from deformable_detr.training.determined_compat import (
+    direct_checkpoint_storage,
+    exit_after_checkpoint,
+    set_random_seeds,
+)
 from trial_runs import TINY_MODEL
 
 SITE_DIR = os.path.join(REPO_ROOT, "tests", "fixtures", "cluster_site")
@@ -71,6 +75,20 @@ def test_init_takes_the_aggregation_frequency_and_steps_call_the_clip_hook():
     source = inspect.getsource(det.pytorch.PyTorchTrialContext.step_optimizer)
     assert source.index("if not self._should_communicate_and_update():") < source.index(
         "self._average_gradients(") < source.index("clip_grads(parameters)")
+
+
+def test_local_checkpoints_are_written_directly_under_xdg_data_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    with det.pytorch.init(hparams={"global_batch_size": 1}, exp_conf={}) as context:
+        assert direct_checkpoint_storage(context) == os.path.join(str(tmp_path), "determined")
+
+
+def test_exit_after_checkpoint_is_the_trainers_preemption_exit():
+    error = exit_after_checkpoint()
+    assert isinstance(error, Exception) and type(error).__name__ == "_ShouldExit"
+    # The trainer's loop catches it, checkpoints unsaved work and returns.
+    source = inspect.getsource(det.pytorch._pytorch_trial)
+    assert "except pytorch._ShouldExit as e:" in source and "self._checkpoint(already_exiting=True)" in source
 
 
 # ------------------------------------------------------------------------------------------ the launch
