@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deformable_detr.inference.checkpoint_files import (
+    METADATA_FILE,
     IncompleteCheckpointError,
     latest_complete_checkpoint,
     steps_completed,
@@ -136,3 +137,12 @@ def test_inference_reads_weights_only_and_runs_no_code_from_a_checkpoint(tmp_pat
     with pytest.raises(IncompleteCheckpointError, match=r"hostile': cannot read state_dict.pth: Weights only"):
         load_for_inference(str(folder))
     assert not marker.exists()
+
+
+def test_checkpoint_written_before_file_lists_still_loads_with_a_warning(tmp_path, caplog):
+    folder = make_checkpoint(tmp_path / "old", steps=5, complete=False)
+    with open(os.path.join(folder, METADATA_FILE), "w") as f:
+        json.dump({"hparams": {}, "data": {}}, f)  # the metadata file as earlier versions wrote it
+    assert verify_checkpoint(folder) == {"hparams": {}, "data": {}}
+    assert "earlier version" in caplog.text and "cannot be checked" in caplog.text
+    assert latest_complete_checkpoint(str(tmp_path)) == folder

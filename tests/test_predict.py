@@ -151,3 +151,12 @@ def test_checkpoint_of_the_wrong_shape_is_refused(trained, tmp_path):
     image = os.path.join(trained["data_dir"], "val2017", sorted(os.listdir(os.path.join(trained["data_dir"], "val2017")))[0])
     with pytest.raises(CheckpointMismatchError, match=r"shape mismatch.*class_embed\.0\.bias"):
         predict.predict(str(path), [image], str(tmp_path / "out"))
+
+
+def test_a_folder_of_checkpoints_uses_the_latest_complete_one(trained, tmp_path):
+    """What `make train` prints: the run's checkpoint folder, not one checkpoint."""
+    val_dir = os.path.join(trained["data_dir"], "val2017")
+    parent = os.path.join(str(trained["work"]), "ckpt")
+    from_parent = predict.predict(parent, [val_dir], str(tmp_path / "a"), threshold=0.0)
+    from_checkpoint = predict.predict(trained["checkpoint"], [val_dir], str(tmp_path / "b"), threshold=0.0)
+    assert from_parent == from_checkpoint and from_parent

@@ -2,13 +2,14 @@
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 
 import yaml
 
 from conftest import REPO_ROOT
+
+from deformable_detr.inference.checkpoint_files import steps_completed
 
 TINY_MODEL = {
     "backbone": "resnet18",
@@ -69,6 +70,5 @@ def checkpoints(checkpoint_dir: str) -> dict[int, str]:
     found = {}
     root = os.path.join(checkpoint_dir, "determined")
     for name in os.listdir(root):
-        with open(os.path.join(root, name, "trial_state.pkl"), "rb") as f:
-            found[pickle.load(f)["batches_trained"]] = os.path.join(root, name)
+        found[steps_completed(os.path.join(root, name))] = os.path.join(root, name)
     return found

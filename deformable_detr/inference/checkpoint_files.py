@@ -95,7 +95,16 @@ def verify_checkpoint(folder: str) -> dict[str, Any]:
         raise IncompleteCheckpointError(
             f"checkpoint {folder!r}: {METADATA_FILE} is not valid JSON ({error})"
         ) from error
-    files = metadata.get(FILES_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(metadata, dict):
+        raise IncompleteCheckpointError(f"checkpoint {folder!r}: {METADATA_FILE} does not hold a JSON object")
+    if FILES_KEY not in metadata:
+        # Written before checkpoints listed their files: still loadable, but nothing can be verified.
+        logger.warning(
+            "checkpoint %r was written by an earlier version of this package, without a file list in %s: "
+            "its files cannot be checked for completeness", folder, METADATA_FILE,
+        )
+        return metadata
+    files = metadata[FILES_KEY]
     if not isinstance(files, dict) or not files:
         raise IncompleteCheckpointError(
             f"checkpoint {folder!r}: {METADATA_FILE} has no '{FILES_KEY}' list, so the folder cannot be checked"

@@ -18,7 +18,12 @@ from deformable_detr.config.parsing import field_names
 from deformable_detr.data.batching import pad_images
 from deformable_detr.data.categories import COCO_CATEGORY_NAMES
 from deformable_detr.data.transforms import make_transforms
-from deformable_detr.inference.checkpoint_files import IncompleteCheckpointError, verify_checkpoint
+from deformable_detr.inference.checkpoint_files import (
+    IncompleteCheckpointError,
+    is_checkpoint_folder,
+    latest_complete_checkpoint,
+    verify_checkpoint,
+)
 from deformable_detr.models.build import build_model
 from deformable_detr.models.detector import DeformableDETR
 
@@ -161,8 +166,11 @@ class LoadedModel:
 
 
 def load_for_inference(checkpoint: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """The model of a checkpoint folder written by this package's trial, or of a `.pth` file of the authors'
-    released weights (a dict with "model" and "args"); CheckpointMismatchError when the weights do not fit."""
+    """The model of a checkpoint folder written by this package's trial (or the latest complete one in a folder
+    of them), or of a `.pth` file of the authors' released weights (a dict with "model" and "args");
+    CheckpointMismatchError when the weights do not fit."""
+    if os.path.isdir(checkpoint) and not is_checkpoint_folder(checkpoint):
+        checkpoint = latest_complete_checkpoint(checkpoint)  # a run's folder of checkpoints
     if os.path.isdir(checkpoint):
         metadata = read_metadata(checkpoint)
         hparams = dict(metadata["hparams"])
