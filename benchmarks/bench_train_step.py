@@ -140,7 +140,7 @@ def main() -> None:
     kernel = "compiled kernel" if __import__("ops").kernel_available() else "reference"
     kernel += f" (DDETR_MSDA_IMPL={os.environ.get('DDETR_MSDA_IMPL', 'auto')})"
     print(f"config {args.config} | device {device} | amp {args.amp} | batch {batch_size} | "
-          f"{'fake' if args.fake else dataset_config['backend']} data | attention: {kernel} | threads {args.threads}")
+          f"{'fake' if args.fake else dataset_config.backend} data | attention: {kernel} | threads {args.threads}")
     print(f"{counted} steps: {total / counted * 1000:.0f} ms/step, {counted * batch_size / total:.1f} images/s")
     for phase in PHASES:
         print(f"  {phase:<10} {totals[phase] / counted * 1000:8.1f} ms  {100 * totals[phase] / total:5.1f} %")
