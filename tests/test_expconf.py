@@ -5,13 +5,18 @@ import copy
 import glob
 import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 from conftest import REPO_ROOT
-from fixtures.expconf_schemas import SCHEMAS_ORIGIN, SCHEMAS_ROOT, require_schemas_root, schema_cases_dir
+from fixtures.expconf_schemas import (  # noqa: F401 (schemas_env is a fixture)
+    SCHEMAS_ORIGIN,
+    SCHEMAS_ROOT,
+    require_schemas_root,
+    schema_cases_dir,
+    schemas_env,
+)
 
 from deformable_detr.tools import expconf
 
@@ -44,15 +49,6 @@ def _load_cases() -> list[Any]:
 @pytest.fixture(scope="module")
 def schemas() -> expconf.ExpconfSchemas:
     return expconf.load_schemas(require_schemas_root())
-
-
-@pytest.fixture
-def schemas_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The command line reads the schemas the tests use (never downloading them)."""
-    monkeypatch.setenv(expconf.SCHEMAS_DIR_ENV, require_schemas_root())
-    expconf.load_schemas.cache_clear()
-    yield
-    expconf.load_schemas.cache_clear()
 
 
 def _same_json(actual: Any, expected: Any, star_matches: bool) -> bool:

@@ -3,13 +3,12 @@ would refuse fail the command with every problem named, search spaces value by v
 
 import glob
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 from conftest import REPO_ROOT
-from fixtures.expconf_schemas import require_schemas_root
+from fixtures.expconf_schemas import schemas_env  # noqa: F401 (a fixture)
 
 from deformable_detr.tools import expconf
 
@@ -20,14 +19,6 @@ VALID = {
     "data": {"backend": "local", "data_dir": "/data/coco", "trainer": {"validation_period": {"epochs": 1}}},
     "hyperparameters": {"lr": 2e-4, "global_batch_size": 32, "backbone": "resnet50"},
 }
-
-
-@pytest.fixture
-def schemas_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv(expconf.SCHEMAS_DIR_ENV, require_schemas_root())
-    expconf.load_schemas.cache_clear()
-    yield
-    expconf.load_schemas.cache_clear()
 
 
 def _with(**changes: Any) -> dict[str, Any]:
