@@ -64,3 +64,21 @@ def test_optimizer_choice_and_step_schedule(tiny_model):
 def test_bad_optimisation_settings_name_the_key(hparams, message):
     with pytest.raises(ValueError, match=message):
         parse_hyperparameters(hparams)
+
+
+@pytest.mark.parametrize("sgd", [False, True])
+def test_fused_optimizer_takes_the_same_step_up_to_rounding(tiny_model, sgd):
+    """fused_optimizer changes how the step is computed, not what it computes."""
+    steps = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model, _, _ = detr_model.build_model({**TINY_MODEL, "lr_backbone": 1e-5})
+        optimizer = build_optimizer(model, OptimizationSettings(sgd=sgd, fused_optimizer=fused))
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for parameter in model.parameters():
+            parameter.grad = torch.full_like(parameter, 0.01)
+        before = [parameter.detach().clone() for parameter in model.parameters()]
+        optimizer.step()
+        steps[fused] = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert steps[False].abs().max() > 0
+    torch.testing.assert_close(steps[True], steps[False], rtol=1e-5, atol=1e-6 * steps[False].abs().max().item())

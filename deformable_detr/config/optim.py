@@ -19,7 +19,9 @@ class OptimizationSettings:
     global_batch_size: images per batch over all workers. aggregation_frequency: batches whose gradients are
     accumulated into one optimizer step (Determined's gradient aggregation): a step sees
     global_batch_size * aggregation_frequency images. epochs: the run's length when the searcher sets none.
-    amp: mixed precision, "off", "bf16" or "fp16".
+    amp: mixed precision, "off", "bf16" or "fp16". fused_optimizer: the optimizer's fused kernel (one pass over
+    every parameter instead of one per tensor; equal up to float rounding, about 2x faster on the CPU's small
+    tensors); off by default, as the authors'.
     """
 
     lr: float = 2e-4
@@ -35,6 +37,7 @@ class OptimizationSettings:
     aggregation_frequency: int = 1
     epochs: int = 50
     amp: str = "off"
+    fused_optimizer: bool = False
 
     def validate(self) -> None:
         for field in dataclasses.fields(self):
