@@ -37,7 +37,14 @@ def ms_deform_attn(
 
     Returns:
         [N, Lq, M * D] in the promoted dtype of the three floating inputs (mixed precision, e.g. a half value
-        with float32 locations, computes in float32 rather than rounding the locations).
+        with float32 locations, computes in float32 rather than rounding the locations). NaN and infinity
+        propagate as in the reference on the CPU, forward and backward: a NaN or infinite location, a NaN
+        attention weight, or a NaN pixel that a sample reads gives NaN in that query and head's output.
+
+    Raises:
+        ValueError: level_start_index is not the exclusive cumulative sum of h * w, or the levels do not cover
+            S (the kernel on CPU tensors and the reference; the CUDA kernel checks on the device instead and
+            stops with a device-side assert, without a host synchronisation).
     """
     dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
     value, sampling_locations, attention_weights = (

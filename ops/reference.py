@@ -4,6 +4,28 @@ import torch
 import torch.nn.functional as F
 
 
+def check_level_start_index(shapes: list[list[int]], starts: list[int], num_values: int) -> None:
+    """Raises ValueError unless `starts` is the exclusive cumulative sum of h * w over `shapes` and the levels
+    cover `num_values` (S) exactly; the message is the compiled kernel's (ops/csrc/checks.h).
+
+    Args:
+        shapes: spatial_shapes as a list, [[h, w], ...].
+        starts: level_start_index as a list.
+        num_values: value.shape[1].
+    """
+    expected = []
+    total = 0
+    for height, width in shapes:
+        expected.append(total)
+        total += height * width
+    if starts != expected or total != num_values:
+        raise ValueError(
+            f"ms_deform_attn: level_start_index {starts} does not match spatial_shapes {shapes} and value's "
+            f"S = {num_values}: level_start_index must be {expected} (the exclusive cumulative sum of h * w) "
+            f"and the sum of h * w ({total}) must equal S"
+        )
+
+
 def ms_deform_attn_reference(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -16,17 +38,22 @@ def ms_deform_attn_reference(
     Args:
         value: [N, S, M, D], the flattened feature maps of all levels, per head.
         spatial_shapes: int64 [L, 2], (height, width) of each level; S = sum(h * w).
-        level_start_index: int64 [L], offset of each level in S (unused here; kept for the same signature).
+        level_start_index: int64 [L], [0, h0*w0, h0*w0+h1*w1, ...]; checked against spatial_shapes (the
+            split below uses the level sizes).
         sampling_locations: [N, Lq, M, L, P, 2], (x, y) in [0, 1], (0, 0) the top-left image corner.
         attention_weights: [N, Lq, M, L, P].
 
     Returns:
         [N, Lq, M * D]
+
+    Raises:
+        ValueError: level_start_index does not match spatial_shapes, or the levels do not cover S.
     """
-    del level_start_index  # the level sizes give the same split
-    batch, _, heads, channels = value.shape
+    batch, num_values, heads, channels = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shape_list = spatial_shapes.tolist()
+    check_level_start_index(shape_list, level_start_index.tolist(), num_values)
+    shapes = [(int(h), int(w)) for h, w in shape_list]
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     # grid_sample wants coordinates in [-1, 1], with align_corners=False mapping -1 to the left image edge.
     grids = 2 * sampling_locations - 1

@@ -123,3 +123,65 @@ def test_inputs_on_two_devices_are_rejected() -> None:
         torch.ops.deformable_detr_ops.ms_deform_attn(
             value.cuda(), spatial_shapes.cuda(), level_start_index.cuda(), locations, weights.cuda()
         )
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("channels", [30, 32])  # 32: the backward sums each sample's gradients per warp
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_kernel_propagates_nan_and_infinity_like_the_cpu_kernel(dtype: torch.dtype, channels: int) -> None:
+    assert ops.kernel_available()
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(dtype, channels=channels)
+    locations[0, 1, 0, 0, 0, 0] = float("nan")
+    locations[1, 3, 2, 1, 1, 1] = float("inf")
+    locations[0, 2, 1, 0, 0] = -2.0  # a point outside the image, with an infinite weight
+    weights[0, 2, 1, 0, 0] = float("inf")
+    locations[1, 4, 3, 2, 2] = 0.5  # a point inside the image, with a NaN weight
+    weights[1, 4, 3, 2, 2] = float("nan")
+    value[1, 10, 0, 5] = float("nan")
+    # where the corners outside the image point (but for the last level, 1x1, whose every point reads it)
+    value[:, level_start_index[:-1]] = float("nan")
+    inputs = (value, spatial_shapes, level_start_index, locations, weights)
+    names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for name, on_gpu, on_cpu in zip(names, output_and_grads(inputs, "cuda"), output_and_grads(inputs, "cpu")):
+        assert on_cpu.isnan().any() and on_cpu.isfinite().any(), name
+        scale = on_cpu[on_cpu.isfinite()].abs().max().item()
+        torch.testing.assert_close(on_gpu, on_cpu, equal_nan=True, atol=tolerance * scale, rtol=tolerance, msg=name)
+
+
+# A level_start_index that does not match spatial_shapes: the reference raises; the CUDA kernel, which does
+# not read the table on the host, stops with a device-side assert (which leaves the process's CUDA context
+# unusable, hence a separate process).
+MISMATCHED_INDEX_SCRIPT = """
+import torch
+import ops
+assert ops.kernel_available()
+shapes = torch.tensor([[6, 8], [3, 4]], device="cuda")
+starts = torch.tensor([0, 5], device="cuda")
+value = torch.randn(1, 60, 2, 4, device="cuda")
+locations = torch.rand(1, 3, 2, 2, 2, 2, device="cuda")
+weights = torch.rand(1, 3, 2, 2, 2, device="cuda")
+try:
+    ops.ms_deform_attn_reference(value, shapes, starts, locations, weights)
+except ValueError as error:
+    print("REFERENCE RAISED:", error, flush=True)
+torch.ops.deformable_detr_ops.ms_deform_attn(value, shapes, starts, locations, weights)
+torch.cuda.synchronize()
+print("KERNEL NOT STOPPED", flush=True)
+"""
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_mismatched_level_start_index_stops_the_cuda_kernel() -> None:
+    assert ops.kernel_available()  # builds here, so that the process below finds the build
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", MISMATCHED_INDEX_SCRIPT], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert "REFERENCE RAISED: ms_deform_attn: level_start_index [0, 5] does not match spatial_shapes" in output
+    assert result.returncode != 0 and "KERNEL NOT STOPPED" not in output, output
+    assert "device-side assert" in output and "exclusive cumulative sum of h * w" in output, output

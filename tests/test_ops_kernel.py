@@ -287,3 +287,100 @@ def test_integer_value_is_rejected() -> None:
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(ENCODER_LIKE)
     with pytest.raises(RuntimeError, match="floating-point"):
         call_op(value.long(), spatial_shapes, level_start_index, locations.long(), weights.long())
+
+
+# spatial_shapes [[6, 8], [3, 4]] (S = 60) with the level table broken in each of the two ways the op must reject.
+MISMATCHED_LEVEL_TABLES = {
+    "second_level_starts_at_5_not_48": dict(level_start_index=[0, 5], num_values=60),
+    "levels_cover_60_of_61_positions": dict(level_start_index=[0, 48], num_values=61),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHED_LEVEL_TABLES))
+def test_level_start_index_that_does_not_match_spatial_shapes_is_rejected_by_kernel_and_reference(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    level_start_index = torch.tensor(MISMATCHED_LEVEL_TABLES[case]["level_start_index"])
+    num_values = MISMATCHED_LEVEL_TABLES[case]["num_values"]
+    value, spatial_shapes, _, locations, weights = make_inputs([(6, 8), (3, 4)], num_queries=3)
+    value = torch.cat([value, value[:, : num_values - value.shape[1]]], dim=1)
+    assert value.shape[1] == num_values
+    inputs = (value, spatial_shapes, level_start_index, locations, weights)
+    expected_message = (
+        f"ms_deform_attn: level_start_index {level_start_index.tolist()} does not match spatial_shapes "
+        f"[[6, 8], [3, 4]] and value's S = {num_values}: level_start_index must be [0, 48] (the exclusive "
+        f"cumulative sum of h * w) and the sum of h * w (60) must equal S"
+    )
+    messages = {}
+    for impl in ("kernel", "reference"):
+        monkeypatch.setenv(ops._build.IMPL_ENV, impl)
+        with pytest.raises(ValueError) as raised:
+            ops.ms_deform_attn(*inputs)
+        messages[impl] = str(raised.value)
+    assert messages == {"kernel": expected_message, "reference": expected_message}
+    grad_output = torch.zeros(2, 3, 2 * 4, dtype=value.dtype)
+    with pytest.raises(ValueError, match=r"level_start_index \[0, (5|48)\] does not match"):
+        torch.ops.deformable_detr_ops.ms_deform_attn_backward(grad_output, *inputs)
+
+
+def test_level_start_index_that_matches_spatial_shapes_is_accepted_by_kernel_and_reference() -> None:
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs([(6, 8), (3, 4)], num_queries=3)
+    assert level_start_index.tolist() == [0, 48] and value.shape[1] == 60
+    # A strided view of the same offsets is as good as a contiguous tensor.
+    strided_index = torch.tensor([0, -1, 48, -1])[::2]
+    assert not strided_index.is_contiguous()
+    inputs = (value, spatial_shapes, strided_index, locations, weights)
+    kernel_output, kernel_grads = output_and_grads(ops.ms_deform_attn, inputs)
+    reference_output, reference_grads = output_and_grads(ops.ms_deform_attn_reference, inputs)
+    torch.testing.assert_close(kernel_output, reference_output, atol=1e-10, rtol=1e-10)
+    for name, kernel_grad, reference_grad in zip(GRAD_NAMES, kernel_grads, reference_grads):
+        torch.testing.assert_close(kernel_grad, reference_grad, atol=1e-9, rtol=1e-10, msg=name)
+
+
+NAN, INF = float("nan"), float("inf")
+ENCODER_LIKE_STARTS = [0, 12 * 16, 12 * 16 + 6 * 8, 12 * 16 + 6 * 8 + 3 * 4]
+EVERYWHERE = slice(None)
+# Each case writes NaN or infinity (after, where needed, a location) into the inputs: (input, index, number).
+# Sample (batch 0, query 1, head 0, level 0, point 0) sits at (0.4, 0.6), inside level 0 (12x16 pixels).
+NON_FINITE_CASES = {
+    "nan_location_x": [("locations", (0, 1, 0, 0, 0, 0), NAN)],
+    "nan_location_y_of_a_point_outside": [
+        ("locations", (0, 1, 0, 0, 0, 0), 3.0), ("locations", (0, 1, 0, 0, 0, 1), NAN)
+    ],
+    "inf_location_x": [("locations", (0, 1, 0, 0, 0, 0), INF)],
+    "minus_inf_location_y": [("locations", (0, 1, 0, 0, 0, 1), -INF)],
+    "nan_weight": [("weights", (0, 1, 0, 0, 0), NAN)],
+    "inf_weight": [("weights", (0, 1, 0, 0, 0), INF)],
+    "inf_weight_of_a_point_outside": [("locations", (0, 1, 0, 0, 0), -2.0), ("weights", (0, 1, 0, 0, 0), INF)],
+    # pixel (7, 6) of level 0, next to the sample at (0.4, 0.6), channel 1 of head 0
+    "nan_value": [("value", (0, 7 * 16 + 6, 0, 1), NAN)],
+    # the first pixel of every level, where the kernel points the corners that lie outside the image
+    "nan_value_at_each_level_start": [
+        ("value", (EVERYWHERE, start, EVERYWHERE, EVERYWHERE), NAN) for start in ENCODER_LIKE_STARTS
+    ],
+    "nan_grad_output": [("grad_output", (1, 2, 3), NAN)],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", sorted(NON_FINITE_CASES))
+def test_nan_and_infinity_propagate_like_the_reference_forward_and_backward(case: str, dtype: torch.dtype) -> None:
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        ENCODER_LIKE, batch=2, num_queries=6, heads=2, channels=4, points=3, dtype=dtype
+    )
+    assert level_start_index.tolist() == ENCODER_LIKE_STARTS
+    locations[0, 1, 0, 0, 0] = torch.tensor([0.4, 0.6], dtype=dtype)
+    grad_output = torch.randn(2, 6, 2 * 4, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    writable = dict(value=value, locations=locations, weights=weights, grad_output=grad_output)
+    for name, index, number in NON_FINITE_CASES[case]:
+        writable[name][index] = number
+    op_inputs = (value, spatial_shapes, level_start_index, locations, weights)
+    kernel = output_and_grads(ops.ms_deform_attn, op_inputs, grad_output)
+    reference = output_and_grads(ops.ms_deform_attn_reference, op_inputs, grad_output)
+    names = ("output",) + GRAD_NAMES
+    kernel, reference = [kernel[0], *kernel[1]], [reference[0], *reference[1]]
+    assert any(tensor.isnan().any() for tensor in reference), "the case must reach a NaN in the reference"
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    for name, actual, expected in zip(names, kernel, reference):
+        # NaN exactly where the reference has NaN, the same infinities, and the finite values close.
+        torch.testing.assert_close(actual, expected, equal_nan=True, atol=16 * tolerance, rtol=tolerance, msg=name)

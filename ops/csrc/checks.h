@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <sstream>
+#include <string>
 #include <tuple>
 
 namespace deformable_detr_ops {
@@ -73,6 +75,38 @@ inline AttentionSizes check_attention_inputs(
       sampling_locations.device(), ", attention_weights on ", attention_weights.device(), ", spatial_shapes on ",
       spatial_shapes.device(), ", level_start_index on ", level_start_index.device());
   return sizes;
+}
+
+// Checks the level table, read on the host, against itself and value: level_start_index must be the
+// exclusive cumulative sum of h * w, and the levels must cover value's S exactly. O(L), once per call.
+// `shapes` holds (h, w) per level, `starts` one offset per level. The message (the same as the pure-PyTorch
+// reference's, ops/reference.py) names both tables' values.
+inline void check_level_start_index(const int64_t* shapes, const int64_t* starts, const AttentionSizes& sizes) {
+  bool consistent = true;
+  int64_t expected_start = 0;
+  for (int64_t level = 0; level < sizes.levels; ++level) {
+    consistent = consistent && starts[level] == expected_start;
+    expected_start += shapes[2 * level] * shapes[2 * level + 1];
+  }
+  if (consistent && expected_start == sizes.num_values) {
+    return;
+  }
+  std::ostringstream shapes_text;
+  std::ostringstream starts_text;
+  std::ostringstream expected_text;
+  int64_t start = 0;
+  for (int64_t level = 0; level < sizes.levels; ++level) {
+    const char* separator = level == 0 ? "" : ", ";
+    shapes_text << separator << "[" << shapes[2 * level] << ", " << shapes[2 * level + 1] << "]";
+    starts_text << separator << starts[level];
+    expected_text << separator << start;
+    start += shapes[2 * level] * shapes[2 * level + 1];
+  }
+  TORCH_CHECK_VALUE(
+      false, "ms_deform_attn: level_start_index [", starts_text.str(), "] does not match spatial_shapes [",
+      shapes_text.str(), "] and value's S = ", sizes.num_values, ": level_start_index must be [",
+      expected_text.str(), "] (the exclusive cumulative sum of h * w) and the sum of h * w (", start,
+      ") must equal S");
 }
 
 inline void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const AttentionSizes& sizes) {

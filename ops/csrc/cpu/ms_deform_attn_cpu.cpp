@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <tuple>
 #include <vector>
 
@@ -18,7 +19,8 @@
 namespace deformable_detr_ops {
 namespace {
 
-// Reads the level table and checks that every level lies inside value (cheap here, unlike on a GPU).
+// Reads the level table and checks it: every level lies inside value, and level_start_index agrees with
+// spatial_shapes (check_level_start_index). Cheap here: the tables are in host memory.
 std::vector<int64_t> read_levels(
     const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, const AttentionSizes& sizes) {
   const at::Tensor shapes = spatial_shapes.contiguous();
@@ -38,7 +40,19 @@ std::vector<int64_t> read_levels(
     levels[3 * level + 1] = width;
     levels[3 * level + 2] = start;
   }
+  check_level_start_index(shape_data, start_data, sizes);
   return levels;
+}
+
+// The rows of D channels that a sample's corners read: the pixel's inside the image, `zeros` outside. The
+// backward reads through these rows because its channel loop runs markedly slower with a select between each
+// pixel and zero; the forward's simpler loop takes the select at no measurable cost.
+template <typename scalar_t, typename acc_t>
+void corner_rows(const scalar_t* level_value, const scalar_t* zeros, const Corners<acc_t>& corners,
+                 const scalar_t* rows[4]) {
+  for (int corner = 0; corner < 4; ++corner) {
+    rows[corner] = corners.inside[corner] ? level_value + corners.offset[corner] : zeros;
+  }
 }
 
 at::Tensor ms_deform_attn_cpu(
@@ -85,13 +99,18 @@ at::Tensor ms_deform_attn_cpu(
               const int64_t sample = sample_base + level * sizes.points + point;
               const acc_t x = static_cast<acc_t>(location_data[2 * sample]);
               const acc_t y = static_cast<acc_t>(location_data[2 * sample + 1]);
-              if (!bilinear_corners(x, y, height, width, pixel_stride, corners)) {
-                continue;
-              }
+              const SampleReads reads = bilinear_corners(x, y, height, width, pixel_stride, corners);
               const acc_t weight = static_cast<acc_t>(weight_data[sample]);
+              if (reads == SampleReads::kNothing && is_finite(weight)) {
+                continue;  // adds weight * 0
+              }
               _Pragma("omp simd")
               for (int64_t channel = 0; channel < channels; ++channel) {
-                accumulated[channel] += weight * gather_corners(level_value, corners, channel);
+                const auto pixel = [&](int corner) {
+                  const acc_t read = static_cast<acc_t>(level_value[corners.offset[corner] + channel]);
+                  return corners.inside[corner] ? read : acc_t(0);
+                };
+                accumulated[channel] += weight * interpolate(corners, pixel);
               }
             }
           }
@@ -139,9 +158,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     acc_t* grad_value_data = grad_value.data_ptr<acc_t>();
     acc_t* grad_location_data = grad_locations.data_ptr<acc_t>();
     acc_t* grad_weight_data = grad_weights.data_ptr<acc_t>();
-    const auto add = [](acc_t* target, acc_t amount) { *target += amount; };
     at::parallel_for(0, sizes.batch * heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> grad_sampled(channels);
+      const std::vector<scalar_t> zeros(channels, scalar_t(0));  // what corners outside the image read
       Corners<acc_t> corners;
       for (int64_t batch_head = begin; batch_head < end; ++batch_head) {
         const int64_t batch = batch_head / heads;
@@ -149,8 +168,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         for (int64_t query = 0; query < sizes.num_queries; ++query) {
           const int64_t batch_query = batch * sizes.num_queries + query;
           const scalar_t* grad_output_row = grad_output_data + (batch_query * heads + head) * channels;
+          // Sum of |gradient| over the row: NaN or infinite when a gradient is, and a bound on each of them, so
+          // that weight * grad_abs_sum finite means every weight * gradient of a sample is finite.
+          acc_t grad_abs_sum = 0;
+          _Pragma("omp simd reduction(+ : grad_abs_sum)")
           for (int64_t channel = 0; channel < channels; ++channel) {
             grad_sampled[channel] = static_cast<acc_t>(grad_output_row[channel]);
+            grad_abs_sum += std::abs(grad_sampled[channel]);
           }
           const int64_t sample_base = (batch_query * heads + head) * sizes.levels * sizes.points;
           for (int64_t level = 0; level < sizes.levels; ++level) {
@@ -163,37 +187,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
               const int64_t sample = sample_base + level * sizes.points + point;
               const acc_t x = static_cast<acc_t>(location_data[2 * sample]);
               const acc_t y = static_cast<acc_t>(location_data[2 * sample + 1]);
-              if (!bilinear_corners(x, y, height, width, pixel_stride, corners)) {
+              const SampleReads reads = bilinear_corners(x, y, height, width, pixel_stride, corners);
+              const acc_t weight = static_cast<acc_t>(weight_data[sample]);
+              const bool products_finite = is_finite(weight * grad_abs_sum);
+              if (reads == SampleReads::kNothing && products_finite) {
+                // Every product below is zero.
                 grad_location_data[2 * sample] = 0;
                 grad_location_data[2 * sample + 1] = 0;
                 grad_weight_data[sample] = 0;
                 continue;
               }
-              const acc_t weight = static_cast<acc_t>(weight_data[sample]);
               acc_t grad_weight = 0;
               acc_t grad_w_im = 0;
               acc_t grad_h_im = 0;
+              const scalar_t* rows[4];
+              corner_rows(level_value, zeros.data(), corners, rows);
               // Reads first, then writes: in one loop every store to grad_value could alias the reads.
               _Pragma("omp simd reduction(+ : grad_weight, grad_w_im, grad_h_im)")
               for (int64_t channel = 0; channel < channels; ++channel) {
+                const auto pixel = [&](int corner) { return static_cast<acc_t>(rows[corner][channel]); };
                 acc_t d_dw;
                 acc_t d_dh;
-                const acc_t sampled = gather_corners_with_grad(level_value, corners, channel, d_dw, d_dh);
+                const acc_t sampled = interpolate_with_grad(corners, pixel, d_dw, d_dh);
                 const acc_t grad = grad_sampled[channel];
                 grad_weight += grad * sampled;
-                grad_w_im += grad * d_dw;
-                grad_h_im += grad * d_dh;
+                // The weight multiplies each channel's gradient before the sum, as in the reference, so that an
+                // infinite weight gives the reference's NaN (inf - inf) where the channels' signs differ.
+                const acc_t weighted_grad = weight * grad;
+                grad_w_im += weighted_grad * d_dw;
+                grad_h_im += weighted_grad * d_dh;
               }
               // Channels never collide: corner offsets are multiples of M * D, so distinct channels write
-              // distinct elements (two outside corners may share offset 0, within one channel).
-              _Pragma("omp simd")
-              for (int64_t channel = 0; channel < channels; ++channel) {
-                scatter_corners(level_grad_value, corners, channel, weight * grad_sampled[channel], add);
+              // distinct elements (corners outside the image add at offset 0, within one channel). They add
+              // zero (weight 0 times a finite amount) unless the sample's weights are NaN or one of its
+              // weight * gradient products is not finite: then a select drops them.
+              if (products_finite && reads != SampleReads::kNotFinite) {
+                _Pragma("omp simd")
+                for (int64_t channel = 0; channel < channels; ++channel) {
+                  const auto add = [&](int corner, acc_t amount) {
+                    level_grad_value[corners.offset[corner] + channel] += amount;
+                  };
+                  scatter_corners(corners, weight * grad_sampled[channel], add);
+                }
+              } else {
+                for (int64_t channel = 0; channel < channels; ++channel) {
+                  const auto add = [&](int corner, acc_t amount) {
+                    level_grad_value[corners.offset[corner] + channel] += corners.inside[corner] ? amount : acc_t(0);
+                  };
+                  scatter_corners(corners, weight * grad_sampled[channel], add);
+                }
               }
               grad_weight_data[sample] = grad_weight;
               // w_im = x * W - 0.5 and h_im = y * H - 0.5
-              grad_location_data[2 * sample] = weight * grad_w_im * static_cast<acc_t>(width);
-              grad_location_data[2 * sample + 1] = weight * grad_h_im * static_cast<acc_t>(height);
+              grad_location_data[2 * sample] = grad_w_im * static_cast<acc_t>(width);
+              grad_location_data[2 * sample + 1] = grad_h_im * static_cast<acc_t>(height);
             }
           }
         }

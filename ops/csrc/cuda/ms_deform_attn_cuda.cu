@@ -22,16 +22,29 @@ constexpr int kThreadsPerBlock = 256;  // a multiple of the warp size: no block 
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullWarp = 0xffffffffu;
 
-// The value gradient's add: many queries sample the same pixel, so the writes race.
-struct AtomicAdd {
-  template <typename acc_t>
-  __device__ void operator()(acc_t* target, acc_t amount) const {
-    gpuAtomicAdd(target, amount);
-  }
-};
-
 int64_t blocks_for(int64_t elements) {
   return (elements + kThreadsPerBlock - 1) / kThreadsPerBlock;
+}
+
+// The level table is checked here, on the device, not on the host as for CPU tensors: reading a CUDA tensor
+// on the host waits for the stream (a sync per call, in every attention layer, forward and backward) and
+// cannot happen inside CUDA-graph capture. Each thread walks the levels anyway, so it recomputes the
+// exclusive cumulative sum of h * w and stops the kernel with a device-side assert (a CUDA error at the
+// next synchronisation) when level_start_index disagrees or the levels do not cover S, before any read
+// outside value. The host check on CPU tensors (checks.h) tests the same and names the values.
+__device__ inline void assert_level_table(bool consistent) {
+  CUDA_KERNEL_ASSERT_MSG(
+      consistent,
+      "ms_deform_attn: level_start_index must be the exclusive cumulative sum of h * w over spatial_shapes, "
+      "and the sum of h * w must equal value's S (the op on CPU tensors names the values)");
+}
+
+// Checks level `level`, which must start at `start`, and returns where the next one starts.
+__device__ inline int64_t checked_next_start(
+    int64_t level, int64_t start, int64_t height, int64_t width, const int64_t* level_start_index, int64_t num_values) {
+  assert_level_table(
+      level_start_index[level] == start && height > 0 && width > 0 && start + height * width <= num_values);
+  return start + height * width;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -56,20 +69,30 @@ __global__ void ms_deform_attn_forward_kernel(
   const int64_t pixel_stride = sizes.heads * sizes.channels;
   Corners<acc_t> corners;
   acc_t accumulated = 0;
+  int64_t next_start = 0;
   for (int64_t level = 0; level < sizes.levels; ++level) {
     const int64_t height = spatial_shapes[2 * level];
     const int64_t width = spatial_shapes[2 * level + 1];
-    const scalar_t* level_value =
-        value + ((batch * sizes.num_values + level_start_index[level]) * sizes.heads + head) * sizes.channels;
+    const int64_t start = next_start;
+    next_start = checked_next_start(level, start, height, width, level_start_index, sizes.num_values);
+    const scalar_t* level_value = value + ((batch * sizes.num_values + start) * sizes.heads + head) * sizes.channels;
     for (int64_t point = 0; point < sizes.points; ++point) {
       const int64_t sample = (query_head * sizes.levels + level) * sizes.points + point;
       const acc_t x = static_cast<acc_t>(sampling_locations[2 * sample]);
       const acc_t y = static_cast<acc_t>(sampling_locations[2 * sample + 1]);
-      if (bilinear_corners(x, y, height, width, pixel_stride, corners)) {
-        accumulated += static_cast<acc_t>(attention_weights[sample]) * gather_corners(level_value, corners, channel);
+      const SampleReads reads = bilinear_corners(x, y, height, width, pixel_stride, corners);
+      const acc_t weight = static_cast<acc_t>(attention_weights[sample]);
+      if (reads != SampleReads::kNothing || !is_finite(weight)) {  // else it adds weight * 0
+        // A corner outside the image reads zero (a select: no load, no product with what lies at offset 0).
+        const auto pixel = [&](int corner) {
+          return corners.inside[corner] ? static_cast<acc_t>(level_value[corners.offset[corner] + channel])
+                                        : static_cast<acc_t>(0);
+        };
+        accumulated += weight * interpolate(corners, pixel);
       }
     }
   }
+  assert_level_table(next_start == sizes.num_values);
   output[element] = static_cast<scalar_t>(accumulated);
 }
 
@@ -99,28 +122,45 @@ __global__ void ms_deform_attn_backward_kernel(
   // multiple of 32, so no lane of a warp returned above.
   const bool warp_per_sample = sizes.channels % kWarpSize == 0;
   const acc_t grad = static_cast<acc_t>(grad_output[element]);
+  // Whether the gradients this thread adds to (its warp's in warp_per_sample mode, so that all lanes take
+  // the same branches) are finite: a sample that reads nothing may then be skipped.
+  const bool grad_finite = warp_per_sample ? __all_sync(kFullWarp, is_finite(grad)) : is_finite(grad);
   Corners<acc_t> corners;
+  int64_t next_start = 0;
   for (int64_t level = 0; level < sizes.levels; ++level) {
     const int64_t height = spatial_shapes[2 * level];
     const int64_t width = spatial_shapes[2 * level + 1];
-    const int64_t level_offset =
-        ((batch * sizes.num_values + level_start_index[level]) * sizes.heads + head) * sizes.channels;
+    const int64_t start = next_start;
+    next_start = checked_next_start(level, start, height, width, level_start_index, sizes.num_values);
+    const int64_t level_offset = ((batch * sizes.num_values + start) * sizes.heads + head) * sizes.channels;
     for (int64_t point = 0; point < sizes.points; ++point) {
       const int64_t sample = (query_head * sizes.levels + level) * sizes.points + point;
       const acc_t x = static_cast<acc_t>(sampling_locations[2 * sample]);
       const acc_t y = static_cast<acc_t>(sampling_locations[2 * sample + 1]);
-      if (!bilinear_corners(x, y, height, width, pixel_stride, corners)) {
-        continue;  // the gradient buffers start at zero
-      }
+      const SampleReads reads = bilinear_corners(x, y, height, width, pixel_stride, corners);
       const acc_t weight = static_cast<acc_t>(attention_weights[sample]);
+      if (reads == SampleReads::kNothing && is_finite(weight) && grad_finite) {
+        continue;  // every product below is zero, and the gradient buffers start at zero
+      }
+      const auto pixel = [&](int corner) {
+        return corners.inside[corner] ? static_cast<acc_t>(value[level_offset + corners.offset[corner] + channel])
+                                      : static_cast<acc_t>(0);
+      };
       acc_t d_dw;
       acc_t d_dh;
-      const acc_t sampled = gather_corners_with_grad(value + level_offset, corners, channel, d_dw, d_dh);
-      scatter_corners(grad_value + level_offset, corners, channel, weight * grad, AtomicAdd{});
+      const acc_t sampled = interpolate_with_grad(corners, pixel, d_dw, d_dh);
+      const acc_t weighted_grad = weight * grad;  // as the reference: the weight before the sum over channels
+      // Many queries sample the same pixel, so the writes race: atomic adds, at the corners inside the image.
+      const auto add = [&](int corner, acc_t amount) {
+        if (corners.inside[corner]) {
+          gpuAtomicAdd(grad_value + level_offset + corners.offset[corner] + channel, amount);
+        }
+      };
+      scatter_corners(corners, weighted_grad, add);
       // The sample's gradients are sums over its channels, one share per thread.
       acc_t grad_weight = grad * sampled;
-      acc_t grad_x = weight * grad * d_dw * static_cast<acc_t>(width);
-      acc_t grad_y = weight * grad * d_dh * static_cast<acc_t>(height);
+      acc_t grad_x = weighted_grad * d_dw * static_cast<acc_t>(width);
+      acc_t grad_y = weighted_grad * d_dh * static_cast<acc_t>(height);
       if (warp_per_sample) {
         // All 32 lanes hold channels of this sample (and took the same branches): sum them in registers
         // and let lane 0 add once, instead of 32 contended atomic adds per value.
@@ -138,6 +178,7 @@ __global__ void ms_deform_attn_backward_kernel(
       gpuAtomicAdd(grad_sampling_locations + 2 * sample + 1, grad_y);
     }
   }
+  assert_level_table(next_start == sizes.num_values);
 }
 
 at::Tensor ms_deform_attn_cuda(
@@ -146,6 +187,7 @@ at::Tensor ms_deform_attn_cuda(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
+  // The level table is checked in the kernels (assert_level_table), not read here: see there why.
   const AttentionSizes sizes =
       check_attention_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const c10::cuda::CUDAGuard device_guard(value.device());
