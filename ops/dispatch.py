@@ -26,14 +26,8 @@ def ms_deform_attn(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Bilinear sampling (zero padding) of every level, weighted and summed over levels and points.
-
-    Args:
-        value: [N, S, M, D], the flattened feature maps of all levels, per head.
-        spatial_shapes: int64 [L, 2], (height, width) of each level; S = sum(h * w).
-        level_start_index: int64 [L], [0, h0*w0, h0*w0+h1*w1, ...].
-        sampling_locations: [N, Lq, M, L, P, 2], (x, y) in [0, 1], (0, 0) the top-left image corner.
-        attention_weights: [N, Lq, M, L, P].
+    """Multi-scale deformable attention through the compiled kernel, or the reference (see the module
+    docstring); the arguments and their shapes are those of `ms_deform_attn_reference`.
 
     Returns:
         [N, Lq, M * D] in the promoted dtype of the three floating inputs (mixed precision, e.g. a half value
