@@ -2,7 +2,7 @@
 
 It generates the synthetic COCO-format dataset when absent, trains `cpu_synthetic.yaml` through the same
 trial class and Determined `Trainer` as a cluster run (validating with COCO mAP on the way and
-checkpointing), then writes into a new folder for each run, `outputs/train/<date-time>/` (with
+checkpointing), by default with two worker processes (torchrun, gloo) of one thread each, then writes into a new folder for each run, `outputs/train/<date-time>/` (with
 `outputs/train/latest` pointing at it, or `outputs/train/LATEST` naming it where symlinks are unavailable),
 or into `--output DIR` when DIR is new or empty; nothing already there is deleted:
     <output>/curves.png        training losses and validation mAP against the batch number
@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 
@@ -119,6 +120,20 @@ def draw_predictions(
     save_side_by_side(pairs, path, columns=2)
 
 
+def train(run_args: list[str], workers: int) -> None:
+    """model_def.main in this process (one worker), or `workers` processes under torchrun that share the machine's
+    cores (the global batch is split between them; gradients are averaged over gloo)."""
+    if workers == 1:
+        model_def.main(run_args)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
+               os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_def.py"), *run_args]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if result.returncode != 0:
+        raise SystemExit(f"training failed (exit status {result.returncode}); its log is above")
+
+
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
@@ -131,6 +146,11 @@ def main(argv: list[str] | None = None) -> float:
         "--val-images", type=model_def.positive_int, default=200, help="size of a generated validation set"
     )
     parser.add_argument("--image-size", type=model_def.positive_int, default=256, help="side of the generated images")
+    parser.add_argument(
+        "--workers", type=model_def.positive_int, default=2,
+        help="training processes, each with cores / workers threads (default 2: on a 2-core CPU, two one-thread "
+             "workers train faster than one process with two threads, and a busy core slows them less)",
+    )
     args = parser.parse_args(argv)
     try:
         args.output = prepare_output(args.output)  # before anything runs
@@ -147,7 +167,7 @@ def main(argv: list[str] | None = None) -> float:
     run_args = [args.config, "--checkpoint-dir", checkpoints, "--metrics-file", metrics_file]
     if args.max_batches is not None:
         run_args += ["--max-batches", str(args.max_batches)]
-    model_def.main(run_args)
+    train(run_args, args.workers)
 
     with open(metrics_file) as f:
         records = [json.loads(line) for line in f]

@@ -1,8 +1,10 @@
 """Finds, builds and loads the compiled kernel library (`ms_deform_attn_ext`).
 
 Order: the module installed ahead of time by `pip install ./ops` if importable; otherwise a JIT build with
-ninja into a per-user cache, keyed by the sources, the torch version and whether CUDA is built, guarded by a
-file lock so that several processes on one node build once. With no C++ compiler or no ninja the package
+ninja into a per-user cache, keyed by the sources, the torch version, whether CUDA is built and the CPU, guarded
+by a file lock so that several processes on one node build once. On x86-64 a JIT build targets this machine's
+CPU (`-march=native`: its AVX2 / AVX-512 vectors for the kernel's channel loops), so the key includes the CPU's
+feature flags; the installed module stays portable (baseline x86-64). With no C++ compiler or no ninja the package
 falls back to the pure-PyTorch reference and logs why, once; any other build failure raises.
 
 Environment (read at each call, so it can be changed between calls):
@@ -16,6 +18,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ IMPL_CHOICES = ("auto", "kernel", "reference")
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 # -fopenmp-simd honours `#pragma omp simd` (vectorised channel loops) without linking an OpenMP runtime.
 CXX_FLAGS = ["-O3", "-fopenmp-simd"]
+HOST_CXX_FLAGS = ["-march=native"]  # JIT builds on x86-64 only: built where they run
 
 
 @dataclass
@@ -108,8 +112,28 @@ def wheel_cuda_include_dirs() -> list[str]:
     return found
 
 
+def jit_cxx_flags() -> list[str]:
+    """The C++ flags of a JIT build: the portable ones, plus the host CPU's instruction set on x86-64 (where gcc
+    and clang both take -march=native)."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return CXX_FLAGS + HOST_CXX_FLAGS
+    return list(CXX_FLAGS)
+
+
+def cpu_features() -> str:
+    """What a -march=native build depends on: the machine and, on Linux, the CPU's feature flags."""
+    machine = platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return machine + ":" + " ".join(sorted(line.split(":", 1)[1].split()))
+    return machine + ":" + platform.processor()  # elsewhere the processor's name is what there is
+
+
 def build_key(with_cuda: bool) -> str:
-    """Hash of everything the binary depends on: sources, headers, torch version, CUDA or not."""
+    """Hash of everything the binary depends on: sources, headers, torch version, CUDA or not, compiler flags and
+    the CPU they target."""
     digest = hashlib.sha256()
     for path in cpp_sources() + cuda_sources() + headers():
         digest.update(path.name.encode())
@@ -117,6 +141,9 @@ def build_key(with_cuda: bool) -> str:
     digest.update(torch.__version__.encode())
     digest.update(b"cuda" if with_cuda else b"cpu")
     digest.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode() if with_cuda else b"")
+    digest.update(" ".join(jit_cxx_flags()).encode())
+    if HOST_CXX_FLAGS[0] in jit_cxx_flags():
+        digest.update(cpu_features().encode())
     return digest.hexdigest()[:16]
 
 
@@ -142,7 +169,7 @@ def build_library(build_dir: Path, with_cuda: bool, verbose: bool = False) -> No
         cpp_extension.load(
             name=EXTENSION_NAME,
             sources=sources,
-            extra_cflags=CXX_FLAGS,
+            extra_cflags=jit_cxx_flags(),
             extra_cuda_cflags=["-O3"],
             extra_include_paths=wheel_cuda_include_dirs() if with_cuda else [],
             build_directory=str(build_dir),

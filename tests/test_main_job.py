@@ -15,7 +15,8 @@ from conftest import REPO_ROOT
 
 
 @pytest.mark.slow
-def test_shortened_main_job_writes_its_pictures_and_final_map(tmp_path):
+@pytest.mark.parametrize("workers", [2, 1])
+def test_shortened_main_job_writes_its_pictures_and_final_map(tmp_path, workers):
     with open(os.path.join(REPO_ROOT, "cpu_synthetic.yaml")) as f:
         config = yaml.safe_load(f)
     config["data"]["data_dir"] = str(tmp_path / "synthetic")
@@ -25,7 +26,8 @@ def test_shortened_main_job_writes_its_pictures_and_final_map(tmp_path):
     output = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "train_local.py", "--config", str(config_path), "--output", str(output),
-         "--max-batches", "2", "--train-images", "16", "--val-images", "8", "--image-size", "256"],
+         "--max-batches", "2", "--train-images", "16", "--val-images", "8", "--image-size", "256",
+         "--workers", str(workers)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )
     log = result.stdout + result.stderr
@@ -38,7 +40,7 @@ def test_shortened_main_job_writes_its_pictures_and_final_map(tmp_path):
     final_lines = [line for line in result.stdout.splitlines() if line.startswith("final bbox mAP: ")]
     assert len(final_lines) == 1
     assert 0.0 <= float(final_lines[0].split(": ")[1]) <= 1.0
-    assert "batch 1/2" in log and "left" in log  # progress with time left
+    assert log.count("progress: batch 1/2 |") == 1 and "left" in log  # progress with time left, from the chief
 
 
 def test_each_run_gets_a_new_folder_and_latest_points_at_it(tmp_path):

@@ -116,10 +116,33 @@ def test_batch_norm_backbone_normalises_with_batch_statistics_and_updates_its_ru
     torch.testing.assert_close(pair[:1], alone, rtol=1e-4, atol=1e-4)
 
 
+def test_channels_last_backbone_computes_the_same_outputs_and_gradients_up_to_rounding() -> None:
+    """channels_last changes the memory layout of the backbone's weights and input, not the arithmetic (checked in
+    float64, where a different summation order stays far below the bar)."""
+    results = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        detector, criterion, _ = model.build_model(
+            {**TINY, "lr_backbone": 1e-5, "backbone_norm": "batch_norm", "trainable_backbone_layers": 5,
+             "channels_last": channels_last}
+        )
+        detector.double()
+        conv = detector.backbone[0].body.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) is channels_last
+        detector.train()
+        outputs = detector([image.double() for image in _images()])
+        criterion.total_loss(criterion(outputs, TARGETS)).backward()
+        results[channels_last] = (outputs["pred_boxes"].detach(), conv.grad.clone())
+    for plain, last in zip(results[False], results[True], strict=True):
+        scale = plain.abs().max()
+        assert (plain - last).abs().max() <= 1e-10 * scale
+
+
 @pytest.mark.parametrize(
     "options",
-    [{"num_feature_levels": 1}, {"position_embedding": "learned"}, {"backbone": "resnet34", "num_feature_levels": 5}],
-    ids=["single-level", "learned-position", "resnet34-5-levels"],
+    [{"num_feature_levels": 1}, {"position_embedding": "learned"}, {"backbone": "resnet34", "num_feature_levels": 5},
+     {"backbone": "resnet10", "backbone_norm": "batch_norm", "lr_backbone": 1e-5, "trainable_backbone_layers": 5}],
+    ids=["single-level", "learned-position", "resnet34-5-levels", "resnet10-batch-norm"],
 )
 def test_other_options_build_and_run(options: dict) -> None:
     detector, criterion, _ = model.build_model({**TINY, **options})
@@ -128,6 +151,15 @@ def test_other_options_build_and_run(options: dict) -> None:
     total = criterion.total_loss(losses)
     total.backward()
     assert torch.isfinite(total)
+
+
+def test_resnet10_has_one_basic_block_per_stage_and_no_pretrained_weights() -> None:
+    detector, _, _ = model.build_model({**TINY, "backbone": "resnet10"})
+    body = detector.backbone[0].body
+    assert [len(getattr(body, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+    assert [type(block) for block in body.layer2] == [torchvision.models.resnet.BasicBlock]
+    with pytest.raises(ValueError, match="resnet10 has no pretrained weights"):
+        model.build_model({**TINY, "backbone": "resnet10", "pretrained_backbone": True})
 
 
 @pytest.mark.slow

@@ -125,3 +125,28 @@ def test_pip_install_builds_a_module_that_is_preferred(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "KERNEL True ORIGIN installed" in result.stdout
     assert not (tmp_path / "cache").exists(), "the installed module must be used without a JIT build"
+
+
+def test_jit_build_targets_the_host_cpu_and_its_key_names_the_cpu(monkeypatch) -> None:
+    """A -march=native binary must not be reused on a CPU with other features: they are part of the key."""
+    from ops import _build
+
+    monkeypatch.setattr(_build.platform, "machine", lambda: "x86_64")
+    assert "-march=native" in _build.jit_cxx_flags() and "-march=native" not in _build.CXX_FLAGS
+    here = _build.build_key(with_cuda=False)
+    assert _build.build_key(with_cuda=False) == here  # stable
+    monkeypatch.setattr(_build, "cpu_features", lambda: "x86_64:sse2 avx2")
+    other_cpu = _build.build_key(with_cuda=False)
+    monkeypatch.setattr(_build, "cpu_features", lambda: "x86_64:sse2 avx2 avx512f")
+    assert len({here, other_cpu, _build.build_key(with_cuda=False)}) == 3
+    monkeypatch.setattr(_build.platform, "machine", lambda: "aarch64")
+    assert _build.jit_cxx_flags() == _build.CXX_FLAGS  # elsewhere the portable flags
+
+
+def test_cpu_features_read_the_flags_line() -> None:
+    from ops import _build
+
+    features = _build.cpu_features()
+    assert features.startswith(_build.platform.machine() + ":")
+    if os.path.isfile("/proc/cpuinfo") and _build.platform.machine() == "x86_64":
+        assert " sse2 " in f" {features.split(':', 1)[1]} "

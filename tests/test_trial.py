@@ -140,6 +140,8 @@ def test_two_torchrun_workers_train(tmp_path):
     records = read_metrics(metrics_file)
     assert [r["kind"] for r in records] == ["train", "validation"]  # the chief alone writes the log
     assert records[0]["batch"] == 2 and "validated: 16 records" in output
+    # one progress line per report, from the chief: the workers' averaged metrics are the same
+    assert output.count("progress: batch 2/2 |") == 1 and output.count("progress: validation after 2 batches") == 1
 
 
 def test_bf16_autocast_trains_with_finite_losses(tmp_path):

@@ -15,6 +15,7 @@ _STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 # Output channels of layer2, layer3, layer4: basic blocks (ResNet-18/34) and bottlenecks (ResNet-50/101).
 _CHANNELS = {
+    "resnet10": (128, 256, 512),
     "resnet18": (128, 256, 512),
     "resnet34": (128, 256, 512),
     "resnet50": (512, 1024, 2048),
@@ -39,11 +40,13 @@ class Backbone(nn.Module):
             3 trains layer2-4 as the authors do, 5 trains everything (the stem's conv1 with its bn1).
         return_interm_layers: return layer2-4 (strides 8, 16, 32) instead of layer4 alone.
         dilation: layer4 is dilated (stride 16 instead of 32).
+        channels_last: run the ResNet in the channels-last memory layout (its weights and its input).
     """
 
     def __init__(self, resnet: nn.Module, num_channels: tuple[int, int, int], trainable_layers: int,
-                 return_interm_layers: bool, dilation: bool):
+                 return_interm_layers: bool, dilation: bool, channels_last: bool = False):
         super().__init__()
+        self.channels_last = channels_last
         stages = _STAGES_TOP_DOWN[:trainable_layers]
         if "conv1" in stages:
             stages += ("bn1",)
@@ -60,11 +63,15 @@ class Backbone(nn.Module):
         if dilation:
             self.strides[-1] = self.strides[-1] // 2
         self.body = IntermediateLayerGetter(resnet, return_layers=return_layers)
+        if channels_last:
+            self.body.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> list[FeatureMap]:
         """images [B, 3, H, W], mask bool [B, H, W] -> one (features, mask) per returned layer, shallow first."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         outputs = self.body(images)
-        return [(x, downsample_mask(mask, x.shape[-2:])) for _, x in sorted(outputs.items())]
+        return [(x.contiguous(), downsample_mask(mask, x.shape[-2:])) for _, x in sorted(outputs.items())]
 
 
 class Joiner(nn.Sequential):
@@ -84,18 +91,23 @@ class Joiner(nn.Sequential):
 
 def build_backbone(settings: ModelSettings, train: bool) -> Joiner:
     """The ResNet of `settings` with its position encoding; `train`: whether the backbone trains at all."""
-    weights = "IMAGENET1K_V1" if settings.pretrained_backbone else None  # the weights the authors started from
-    resnet = torchvision.models.get_model(
-        settings.backbone,
-        weights=weights,
-        replace_stride_with_dilation=[False, False, settings.dilation],
-        norm_layer=FrozenBatchNorm2d if settings.backbone_norm == "frozen_batch_norm" else nn.BatchNorm2d,
-    )
+    norm_layer = FrozenBatchNorm2d if settings.backbone_norm == "frozen_batch_norm" else nn.BatchNorm2d
+    if settings.backbone == "resnet10":  # one basic block per stage; torchvision has the class, not the name
+        resnet = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
+    else:
+        weights = "IMAGENET1K_V1" if settings.pretrained_backbone else None  # the weights the authors started from
+        resnet = torchvision.models.get_model(
+            settings.backbone,
+            weights=weights,
+            replace_stride_with_dilation=[False, False, settings.dilation],
+            norm_layer=norm_layer,
+        )
     backbone = Backbone(
         resnet,
         _CHANNELS[settings.backbone],
         trainable_layers=settings.trainable_backbone_layers if train else 0,
         return_interm_layers=settings.num_feature_levels > 1,
         dilation=settings.dilation,
+        channels_last=settings.channels_last,
     )
     return Joiner(backbone, build_position_encoding(settings))

@@ -29,6 +29,7 @@ class ProgressLogger(pytorch.PyTorchCallback):
         start_batch: batches already trained (a resumed run).
         metrics_file: when given, every report is also appended to it as a JSON line
             (`kind` "train" or "validation", `batch`, `seconds`, and the metrics).
+        chief: whether this worker logs (every worker sees the same averaged metrics: one log is enough).
     """
 
     def __init__(
@@ -37,12 +38,14 @@ class ProgressLogger(pytorch.PyTorchCallback):
         total_batches: Callable[[], int | None],
         start_batch: int = 0,
         metrics_file: str | None = None,
+        chief: bool = True,
     ):
         self.global_batch_size = global_batch_size
         self.total_batches = total_batches
         self.start_batch = start_batch
         self.batches_done = start_batch
         self.metrics_file = metrics_file
+        self.chief = chief
         self.start_time = time.monotonic()
         self.last_time = self.start_time
 
@@ -65,11 +68,13 @@ class ProgressLogger(pytorch.PyTorchCallback):
             left = f", {_duration(remaining)} left"
         else:
             position, left = f"batch {self.batches_done}", ""
-        logger.info(f"{position} | {terms} | {images_per_second:.1f} img/s{left}")
+        if self.chief:
+            logger.info(f"{position} | {terms} | {images_per_second:.1f} img/s{left}")
 
     def on_validation_end(self, metrics: dict[str, Any]) -> None:
         shown = " ".join(f"{name} {metrics[name]:.4f}" for name in ("mAP", "mAP_50", "mAP_75", "loss") if name in metrics)
-        logger.info(f"validation after {self.batches_done} batches | {shown}")
+        if self.chief:
+            logger.info(f"validation after {self.batches_done} batches | {shown}")
         self._record("validation", metrics)
 
     def _record(self, kind: str, metrics: dict[str, Any]) -> None:

@@ -91,10 +91,10 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         self.criterion = criterion.to(context.device)
         self.postprocessors = postprocessors
         self.optimizer = context.wrap_optimizer(build_optimizer(model, optimization))
-        # Stepped by train_batch at each epoch end: Determined's own epoch count restarts at 0 when a
-        # local run resumes, ours does not.
+        # Stepped by train_batch (at each epoch end, or after every batch for warm-up and cosine):
+        # Determined's own epoch count restarts at 0 when a local run resumes, ours does not.
         self.lr_scheduler = context.wrap_lr_scheduler(
-            build_lr_scheduler(self.optimizer, optimization),
+            build_lr_scheduler(self.optimizer, optimization, lambda: self.batches_per_epoch),
             step_mode=pytorch.LRScheduler.StepMode.MANUAL_STEP,
         )
 
@@ -142,7 +142,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         loss, terms = step_losses(self.criterion, outputs, targets)
         check_finite_loss(loss, terms, where)
         self._optimizer_step(loss, targets)
-        if (global_batch + 1) % self.batches_per_epoch == 0:
+        if self.settings.optimization.per_batch_schedule or (global_batch + 1) % self.batches_per_epoch == 0:
             self.lr_scheduler.step()
         metrics = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
         for group in self.optimizer.param_groups:
@@ -223,7 +223,11 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
             self.val_dataset.label_space.names,
         )
         progress = ProgressLogger(
-            self.context.get_global_batch_size(), self._total_batches, self.skip_batches, self.metrics_file
+            self.context.get_global_batch_size(),
+            self._total_batches,
+            self.skip_batches,
+            self.metrics_file,
+            chief=self.context.distributed.get_rank() == 0,
         )
         writer = CheckpointMetadataWriter(
             metadata,
