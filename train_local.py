@@ -2,7 +2,8 @@
 
 It generates the synthetic COCO-format dataset when absent, trains `cpu_synthetic.yaml` through the same
 trial class and Determined `Trainer` as a cluster run (validating with COCO mAP on the way and
-checkpointing), by default with two worker processes (torchrun, gloo) of one thread each, then writes into a new folder for each run, `outputs/train/<date-time>/` (with
+checkpointing), by default with two worker processes (torchrun, gloo) of one thread each, then writes into a
+new folder for each run, `outputs/train/<date-time>/` (with
 `outputs/train/latest` pointing at it, or `outputs/train/LATEST` naming it where symlinks are unavailable),
 or into `--output DIR` when DIR is new or empty; nothing already there is deleted:
     <output>/curves.png        training losses and validation mAP against the batch number

@@ -71,6 +71,7 @@ class Backbone(nn.Module):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         outputs = self.body(images)
+        # The transformer's input projections get the default layout (a no-op unless channels_last).
         return [(x.contiguous(), downsample_mask(mask, x.shape[-2:])) for _, x in sorted(outputs.items())]
 
 
