@@ -141,8 +141,9 @@ def build_key(with_cuda: bool) -> str:
     digest.update(torch.__version__.encode())
     digest.update(b"cuda" if with_cuda else b"cpu")
     digest.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode() if with_cuda else b"")
-    digest.update(" ".join(jit_cxx_flags()).encode())
-    if HOST_CXX_FLAGS[0] in jit_cxx_flags():
+    flags = jit_cxx_flags()
+    digest.update(" ".join(flags).encode())
+    if HOST_CXX_FLAGS[0] in flags:
         digest.update(cpu_features().encode())
     return digest.hexdigest()[:16]
 
