@@ -1,4 +1,5 @@
-"""The box count that normalises the losses is averaged over real worker processes (torchrun, horovodrun)."""
+"""The box count that normalises the training losses is averaged over real worker processes (torchrun,
+horovodrun); the validation losses use each worker's own count."""
 
 import importlib.util
 import json
@@ -29,6 +30,9 @@ def _check(results: list[dict]) -> None:
         assert result["averaged"] == MEAN_OF_3_AND_8
         assert result["averaged_empty"] == 1.0  # clamped: the losses divide by it
         assert result["loss_bbox"] == pytest.approx(result["loss_bbox_unnormalised"] / MEAN_OF_3_AND_8, rel=1e-6)
+        # validation: each worker divides by its own count, without a collective
+        own = result["loss_bbox_unnormalised"] / result["local"]
+        assert result["loss_bbox_own_count"] == pytest.approx(own, rel=1e-6)
 
 
 def _run(command: list[str], env: dict[str, str]) -> None:

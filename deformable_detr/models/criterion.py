@@ -105,11 +105,14 @@ class SetCriterion(nn.Module):
         }
         return loss_map[loss](outputs, targets, indices, num_boxes, **kwargs)
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: dict, targets: list[dict], across_workers: bool = True) -> dict[str, torch.Tensor]:
         """
         Args:
             outputs: the model's dict (pred_logits, pred_boxes, optional aux_outputs and enc_outputs).
             targets: B dicts with labels int64 [K_i] and boxes [K_i, 4] (cxcywh in [0, 1]); other keys ignored.
+            across_workers: divide by the box count averaged over the workers (a collective every worker must
+                join, as in training), or by this batch's own count (validation, where workers may hold
+                different numbers of batches).
 
         Returns:
             every loss term: loss_ce, loss_bbox, loss_giou, class_error, cardinality_error, the same
@@ -124,7 +127,11 @@ class SetCriterion(nn.Module):
                 raise ValueError(f"SetCriterion: targets[{index}] needs 'labels' and 'boxes', has {sorted(target)}")
         final_outputs = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
         indices = self.matcher(final_outputs, targets)
-        num_boxes = average_num_boxes(sum(len(t["labels"]) for t in targets), outputs["pred_logits"].device)
+        num_boxes = float(sum(len(t["labels"]) for t in targets))
+        if across_workers:
+            num_boxes = average_num_boxes(num_boxes, outputs["pred_logits"].device)
+        else:
+            num_boxes = max(num_boxes, 1.0)
 
         losses: dict[str, torch.Tensor] = {}
         for loss in self.losses:

@@ -32,10 +32,10 @@ def to_float32(outputs: Any) -> Any:
 
 
 def step_losses(
-    criterion: SetCriterion, outputs: dict, targets: list[dict]
+    criterion: SetCriterion, outputs: dict, targets: list[dict], across_workers: bool = True
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(the weighted total loss, every loss term), computed in float32."""
-    terms = criterion(to_float32(outputs), targets)
+    """(the weighted total loss, every loss term), computed in float32; `across_workers` as in SetCriterion."""
+    terms = criterion(to_float32(outputs), targets, across_workers)
     return criterion.total_loss(terms), terms
 
 

@@ -194,7 +194,8 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         images, mask, targets = batch
         with autocast(self.context.device.type, self.settings.optimization.amp):
             outputs = self.model(images, mask)
-        loss, terms = step_losses(self.criterion, outputs, targets)
+        # Determined gives the workers whole batches in turn, so one may validate a batch more than another.
+        loss, terms = step_losses(self.criterion, outputs, targets, across_workers=False)
         orig_sizes = torch.stack([target["orig_size"] for target in targets])
         detections = self.postprocessors["bbox"](to_float32(outputs), orig_sizes)
         self.coco_reducer.update([int(target["image_id"]) for target in targets], detections)
