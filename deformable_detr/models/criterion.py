@@ -66,8 +66,8 @@ class SetCriterion(nn.Module):
         onehot.scatter_(2, target_classes.unsqueeze(-1), 1)
         onehot = onehot[:, :, :-1]
         focal = sigmoid_focal_loss(src_logits, onehot, alpha=self.focal_alpha, gamma=2, reduction="none")
-        # the authors average over classes, sum over queries and images, divide by the box count, then
-        # multiply by the number of queries
+        # the authors average over queries (dim 1), sum over classes and images, divide by the box count, then
+        # multiply by the number of queries: a sum over every query and class, per box
         loss_ce = focal.mean(1).sum() / num_boxes * src_logits.shape[1]
         losses = {"loss_ce": loss_ce}
         if log:
