@@ -13,7 +13,6 @@ import json
 import os
 import random
 import socket
-import subprocess
 import sys
 
 import determined as det
@@ -29,6 +28,7 @@ from deformable_detr.training.determined_compat import (
     exit_after_checkpoint,
     set_random_seeds,
 )
+from processes import run_group
 from trial_runs import TINY_MODEL
 
 SITE_DIR = os.path.join(REPO_ROOT, "tests", "fixtures", "cluster_site")
@@ -138,10 +138,10 @@ def test_launcher_runs_model_def_as_a_trial_up_to_the_master(tmp_path):
         "DET_RETRY_CONFIG": json.dumps({"total": 0}),  # fail at once instead of retrying the master for minutes
         "OMP_NUM_THREADS": "1",
     }
-    result = subprocess.run(
+    result = run_group(
         [sys.executable, "-m", "determined.launch.torch_distributed",
          "python3", "model_def.py", str(tmp_path / "config.yaml")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        300, cwd=REPO_ROOT, env=env,
     )
     output = result.stdout + result.stderr
 

@@ -5,12 +5,12 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from deformable_detr.training.distributed import average_num_boxes
+from processes import run_group
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "num_boxes_worker.py")
 MEAN_OF_3_AND_8 = 5.5
@@ -36,7 +36,7 @@ def _check(results: list[dict]) -> None:
 
 
 def _run(command: list[str], env: dict[str, str]) -> None:
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    completed = run_group(command, 240, env=env)
     output = f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
     assert completed.returncode == 0, f"{' '.join(command)} failed:\n{output}"
 

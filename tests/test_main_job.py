@@ -3,7 +3,6 @@ set, ending with the curves, the prediction picture and the final mAP line; each
 nothing a user put anywhere deleted, arguments checked before anything runs."""
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 import model_def
 import train_local
 from conftest import REPO_ROOT
+from processes import run_group
 
 
 @pytest.mark.slow
@@ -24,11 +24,11 @@ def test_shortened_main_job_writes_its_pictures_and_final_map(tmp_path, workers)
     config_path = tmp_path / "cpu_synthetic.yaml"
     config_path.write_text(yaml.safe_dump(config))
     output = tmp_path / "out"
-    result = subprocess.run(
+    result = run_group(
         [sys.executable, "train_local.py", "--config", str(config_path), "--output", str(output),
          "--max-batches", "2", "--train-images", "16", "--val-images", "8", "--image-size", "256",
          "--workers", str(workers)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        900, cwd=REPO_ROOT,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]

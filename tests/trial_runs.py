@@ -2,13 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import yaml
 
 from conftest import REPO_ROOT
+from processes import run_group
 
 from deformable_detr.inference.checkpoint_files import steps_completed
 
@@ -47,26 +47,15 @@ def run_script(args: list[str], nproc: int = 1, timeout: int = 600, env: dict | 
         command = [sys.executable]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")}
     full_env.update(env or {})
-    # A session of its own: on a timeout the whole group goes, torchrun's workers included.
-    process = subprocess.Popen(
-        command + [os.path.join(REPO_ROOT, "model_def.py"), *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-        start_new_session=True,
-    )
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
+        result = run_group(command + [os.path.join(REPO_ROOT, "model_def.py"), *args], timeout,
+                           cwd=REPO_ROOT, env=full_env)
+    except subprocess.TimeoutExpired as timed_out:
         raise AssertionError(f"model_def.py {' '.join(args)} did not finish in {timeout} s:\n"
-                             f"{(stdout + stderr)[-6000:]}") from None
-    output = stdout + stderr
-    if process.returncode != 0:
-        raise AssertionError(f"model_def.py {' '.join(args)} failed ({process.returncode}):\n{output[-6000:]}")
+                             f"{(timed_out.output + timed_out.stderr)[-6000:]}") from None
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise AssertionError(f"model_def.py {' '.join(args)} failed ({result.returncode}):\n{output[-6000:]}")
     return output
 
 
