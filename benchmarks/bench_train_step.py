@@ -30,6 +30,7 @@ from deformable_detr.config.optim import AMP_MODES  # noqa: E402
 from deformable_detr.data import synthetic  # noqa: E402
 from deformable_detr.data.labels import fit_num_classes  # noqa: E402
 from deformable_detr.training.optim import build_optimizer  # noqa: E402
+from deformable_detr.training.precision import resolve_amp  # noqa: E402
 from deformable_detr.training.steps import autocast, step_losses  # noqa: E402
 
 PHASES = ("data", "forward", "matching", "loss", "backward", "optimizer")
@@ -78,7 +79,8 @@ def main() -> None:
     model.to(device).train()
     criterion.to(device)
     optimizer = build_optimizer(model, settings)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    amp = resolve_amp(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     totals: dict[str, float] = defaultdict(float)
     matching = {"start": 0.0, "seconds": 0.0}
@@ -109,7 +111,7 @@ def main() -> None:
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         synchronize(device)
         marks.append(time.perf_counter())
-        with autocast(device.type, args.amp):
+        with autocast(device.type, amp):
             outputs = model(images, mask)
         synchronize(device)
         marks.append(time.perf_counter())
@@ -139,7 +141,8 @@ def main() -> None:
     total = sum(totals[phase] for phase in PHASES)
     kernel = "compiled kernel" if __import__("ops").kernel_available() else "reference"
     kernel += f" (DDETR_MSDA_IMPL={os.environ.get('DDETR_MSDA_IMPL', 'auto')})"
-    print(f"config {args.config} | device {device} | amp {args.amp} | batch {batch_size} | "
+    amp_text = args.amp if args.amp == amp else f"{args.amp} -> {amp}"
+    print(f"config {args.config} | device {device} | amp {amp_text} | batch {batch_size} | "
           f"{'fake' if args.fake else dataset_config.backend} data | attention: {kernel} | threads {args.threads}")
     print(f"{counted} steps: {total / counted * 1000:.0f} ms/step, {counted * batch_size / total:.1f} images/s")
     for phase in PHASES:

@@ -5,7 +5,7 @@ import dataclasses
 
 from deformable_detr.config.parsing import HYPERPARAMETERS, require, require_choice
 
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -23,9 +23,10 @@ class OptimizationSettings:
     global_batch_size: images per batch over all workers. aggregation_frequency: batches whose gradients are
     accumulated into one optimizer step (Determined's gradient aggregation): a step sees
     global_batch_size * aggregation_frequency images. epochs: the run's length when the searcher sets none.
-    amp: mixed precision, "off", "bf16" or "fp16". fused_optimizer: the optimizer's fused kernel (one pass over
-    every parameter instead of one per tensor; equal up to float rounding, about 2x faster on the CPU's small
-    tensors); off by default, as the authors'.
+    amp: mixed precision, "off", "bf16", "fp16" or "auto" (bf16 where the device computes in bfloat16 natively:
+    a GPU of compute capability 8.0+, a CPU with AVX512_BF16 or AMX; else off). fused_optimizer: the optimizer's
+    fused kernel (one pass over every parameter instead of one per tensor; equal up to float rounding, about 2x
+    faster on the CPU's small tensors); off by default, as the authors'.
     """
 
     lr: float = 2e-4

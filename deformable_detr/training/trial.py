@@ -21,6 +21,7 @@ from deformable_detr.training.coco_eval import CocoDetectionReducer
 from deformable_detr.training.determined_compat import direct_checkpoint_storage, exit_after_checkpoint
 from deformable_detr.training.distributed import average_num_boxes
 from deformable_detr.training.optim import build_lr_scheduler, build_optimizer
+from deformable_detr.training.precision import resolve_amp
 from deformable_detr.training.progress import ProgressLogger
 from deformable_detr.training.steps import autocast, check_finite_loss, check_finite_outputs, step_losses, to_float32
 from deformable_detr.training.validation_guard import (
@@ -84,8 +85,9 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         if settings.run.warm_start:
             load_pretrained(model, resolve_warm_start(settings.run.warm_start), logger)
         optimization = settings.optimization
+        self.amp = resolve_amp(optimization.amp, context.device)  # "off", "bf16" or "fp16"
         self.scaler = None
-        if optimization.amp == "fp16":
+        if self.amp == "fp16":
             self.scaler = context.wrap_scaler(torch.amp.GradScaler(context.device.type))
         self.model = context.wrap_model(model)
         self.criterion = criterion.to(context.device)
@@ -136,7 +138,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         global_batch = batch_idx + self.skip_batches
         where = f"training batch {global_batch} (epoch {global_batch // self.batches_per_epoch})"
         images, mask, targets = batch
-        with autocast(self.context.device.type, self.settings.optimization.amp):
+        with autocast(self.context.device.type, self.amp):
             outputs = self.model(images, mask)
         check_finite_outputs(outputs, where)
         loss, terms = step_losses(self.criterion, outputs, targets)
@@ -192,7 +194,7 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         if isinstance(batch, FailedBatch):
             self._stop_on_validation_failure(batch, batch_idx)
         images, mask, targets = batch
-        with autocast(self.context.device.type, self.settings.optimization.amp):
+        with autocast(self.context.device.type, self.amp):
             outputs = self.model(images, mask)
         # Determined gives the workers whole batches in turn, so one may validate a batch more than another.
         loss, terms = step_losses(self.criterion, outputs, targets, across_workers=False)
