@@ -36,6 +36,10 @@ class ModelSettings:
     num_queries: object queries (two-stage: proposals kept). enc_n_points / dec_n_points: sampling points.
     aux_loss: losses on every decoder layer. with_box_refine: iterative box refinement.
     two_stage: encoder proposals select the queries (requires with_box_refine).
+    one_to_many_queries: extra two-stage proposals trained with one-to-many matching (hybrid matching, Jia et
+        al., CVPR 2023): in training only, the next-best proposals form a second query group, hidden from the
+        first group's self-attention, matched to the targets repeated `one_to_many_repeats` times, its losses
+        weighted by `one_to_many_weight`; inference uses only the `num_queries` group. 0 (the authors') adds none.
     set_cost_*: Hungarian matching weights. *_loss_coef: loss weights. focal_alpha: focal loss alpha.
     trainable_backbone_layers: how many ResNet stages train when the backbone trains (`lr_backbone` > 0,
         an optimisation setting), counted from the top:
@@ -69,6 +73,9 @@ class ModelSettings:
     aux_loss: bool = True
     with_box_refine: bool = False
     two_stage: bool = False
+    one_to_many_queries: int = 0
+    one_to_many_repeats: int = 6
+    one_to_many_weight: float = 1.0
     set_cost_class: float = 2.0
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
@@ -95,6 +102,11 @@ class ModelSettings:
             # the authors' two-stage model scores proposals with the per-layer heads that only box
             # refinement creates (without it their code fails); their two-stage results use both
             raise ValueError("hyperparameter 'two_stage' requires 'with_box_refine': true")
+        _require("one_to_many_queries", self.one_to_many_queries >= 0, "must be >= 0")
+        _require("one_to_many_repeats", self.one_to_many_repeats >= 1, "must be >= 1")
+        _require("one_to_many_weight", self.one_to_many_weight >= 0.0, "must be >= 0")
+        if self.one_to_many_queries and not self.two_stage:
+            raise ValueError("hyperparameter 'one_to_many_queries' requires 'two_stage': true (they are proposals)")
         _require("nms_iou_threshold", 0.0 < self.nms_iou_threshold <= 1.0, "must be in (0, 1]")
         _require("trainable_backbone_layers", 0 <= self.trainable_backbone_layers <= 5, "must be in [0, 5]")
         _require("enc_layers", self.enc_layers >= 0, "must be >= 0")

@@ -33,10 +33,12 @@ class SetCriterion(nn.Module):
         weight_dict: loss name -> weight of that term in the total loss.
         losses: which of "labels", "boxes", "cardinality" to compute.
         focal_alpha: alpha of the focal loss (gamma is 2).
+        one_to_many_repeats: how many times each target is repeated for the one-to-many query group (outputs'
+            "one_to_many", hybrid matching).
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
-                 losses: tuple[str, ...] = LOSSES, focal_alpha: float = 0.25):
+                 losses: tuple[str, ...] = LOSSES, focal_alpha: float = 0.25, one_to_many_repeats: int = 1):
         super().__init__()
         unknown = [name for name in losses if name not in LOSSES]
         if unknown:
@@ -46,6 +48,7 @@ class SetCriterion(nn.Module):
         self.weight_dict = weight_dict
         self.losses = tuple(losses)
         self.focal_alpha = focal_alpha
+        self.one_to_many_repeats = one_to_many_repeats
 
     def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """The scalar to minimise: the sum of the weighted terms of `losses` (logging-only terms have no weight)."""
@@ -108,7 +111,7 @@ class SetCriterion(nn.Module):
     def forward(self, outputs: dict, targets: list[dict], across_workers: bool = True) -> dict[str, torch.Tensor]:
         """
         Args:
-            outputs: the model's dict (pred_logits, pred_boxes, optional aux_outputs and enc_outputs).
+            outputs: the model's dict (pred_logits, pred_boxes, optional aux_outputs, enc_outputs, one_to_many).
             targets: B dicts with labels int64 [K_i] and boxes [K_i, 4] (cxcywh in [0, 1]); other keys ignored.
             across_workers: divide by the box count averaged over the workers (a collective every worker must
                 join, as in training), or by this batch's own count (validation, where workers may hold
@@ -116,7 +119,9 @@ class SetCriterion(nn.Module):
 
         Returns:
             every loss term: loss_ce, loss_bbox, loss_giou, class_error, cardinality_error, the same
-            (without class_error) suffixed _0.._{num_dec-2} for earlier layers and _enc for the proposals.
+            (without class_error) suffixed _0.._{num_dec-2} for earlier layers and _enc for the proposals;
+            loss_ce, loss_bbox, loss_giou (and _0.. for earlier layers) suffixed _one2many for the one-to-many
+            group, each divided by num_boxes x one_to_many_repeats.
         """
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(
@@ -125,7 +130,7 @@ class SetCriterion(nn.Module):
         for index, target in enumerate(targets):
             if "labels" not in target or "boxes" not in target:
                 raise ValueError(f"SetCriterion: targets[{index}] needs 'labels' and 'boxes', has {sorted(target)}")
-        final_outputs = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
+        final_outputs = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs", "one_to_many")}
         indices = self.matcher(final_outputs, targets)
         num_boxes = float(sum(len(t["labels"]) for t in targets))
         if across_workers:
@@ -151,11 +156,30 @@ class SetCriterion(nn.Module):
                 kwargs = {"log": False} if loss == "labels" else {}
                 terms = self.get_loss(loss, enc_outputs, bin_targets, enc_indices, num_boxes, **kwargs)
                 losses.update({f"{name}_enc": value for name, value in terms.items()})
+        if "one_to_many" in outputs:
+            losses.update(self._one_to_many_losses(outputs["one_to_many"], targets, num_boxes))
+        return losses
+
+    def _one_to_many_losses(self, group: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
+        """Focal, L1 and GIoU losses of the one-to-many group, every layer matched to the targets repeated."""
+        repeats = self.one_to_many_repeats
+        repeated = [{"labels": t["labels"].repeat(repeats), "boxes": t["boxes"].repeat(repeats, 1)} for t in targets]
+        last = {"pred_logits": group["pred_logits"], "pred_boxes": group["pred_boxes"]}
+        layers = [("", last)] + [(f"_{layer}", aux) for layer, aux in enumerate(group.get("aux_outputs", []))]
+        losses: dict[str, torch.Tensor] = {}
+        for suffix, layer_outputs in layers:
+            indices = self.matcher(layer_outputs, repeated)
+            terms = {
+                **self.loss_labels(layer_outputs, repeated, indices, num_boxes * repeats, log=False),
+                **self.loss_boxes(layer_outputs, repeated, indices, num_boxes * repeats),
+            }
+            losses.update({f"{name}{suffix}_one2many": value for name, value in terms.items()})
         return losses
 
 
 def build_weight_dict(settings: ModelSettings) -> dict[str, float]:
-    """Loss weights of the final layer, each earlier decoder layer (_i) and the two-stage proposals (_enc)."""
+    """Loss weights of the final layer, each earlier decoder layer (_i), the two-stage proposals (_enc) and the
+    one-to-many group (_one2many, x one_to_many_weight)."""
     base = {
         "loss_ce": settings.cls_loss_coef, "loss_bbox": settings.bbox_loss_coef, "loss_giou": settings.giou_loss_coef
     }
@@ -166,12 +190,15 @@ def build_weight_dict(settings: ModelSettings) -> dict[str, float]:
     # the authors add the _enc weights only together with aux_loss; two-stage always needs them
     if settings.aux_loss or settings.two_stage:
         weight_dict.update({f"{name}_enc": value for name, value in base.items()})
+    if settings.one_to_many_queries:
+        decoder = [name for name in weight_dict if not name.endswith("_enc")]
+        weight_dict.update({f"{name}_one2many": weight_dict[name] * settings.one_to_many_weight for name in decoder})
     return weight_dict
 
 
 def build_criterion(settings: ModelSettings) -> SetCriterion:
     return SetCriterion(settings.num_classes, build_matcher(settings), build_weight_dict(settings), LOSSES,
-                        focal_alpha=settings.focal_alpha)
+                        focal_alpha=settings.focal_alpha, one_to_many_repeats=settings.one_to_many_repeats)
 
 
 def _src_permutation_idx(indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:

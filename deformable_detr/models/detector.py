@@ -134,7 +134,9 @@ class DeformableDETR(nn.Module):
         Returns:
             pred_logits [B, Q, num_classes], pred_boxes [B, Q, 4] (cx, cy, w, h in [0, 1] of the image);
             aux_outputs: list of num_dec - 1 dicts with the same keys, when aux_loss;
-            enc_outputs: {pred_logits [B, S, num_classes], pred_boxes [B, S, 4]} in two-stage mode.
+            enc_outputs: {pred_logits [B, S, num_classes], pred_boxes [B, S, 4]} in two-stage mode;
+            one_to_many: pred_logits, pred_boxes [B, P, ...] and aux_outputs of the one-to-many group, in
+            training with one_to_many_queries P.
         """
         images, mask = self._batch(samples, mask)
         features, positions = self.backbone(images, mask)
@@ -167,17 +169,24 @@ class DeformableDETR(nn.Module):
                 coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             outputs_coords.append(coord.sigmoid())
 
-        out = {"pred_logits": outputs_classes[-1], "pred_boxes": outputs_coords[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [
-                {"pred_logits": logits, "pred_boxes": boxes}
-                for logits, boxes in zip(outputs_classes[:-1], outputs_coords[:-1])
-            ]
+        out = self._layer_outputs(outputs_classes, outputs_coords, slice(0, self.num_queries))
+        if hs.shape[2] > self.num_queries:  # training with hybrid matching: the one-to-many group
+            out["one_to_many"] = self._layer_outputs(outputs_classes, outputs_coords, slice(self.num_queries, None))
         if self.two_stage:
             out["enc_outputs"] = {
                 "pred_logits": result["enc_outputs_class"],
                 "pred_boxes": result["enc_outputs_coord_unact"].sigmoid(),
             }
+        return out
+
+    def _layer_outputs(self, classes: list[torch.Tensor], coords: list[torch.Tensor], queries: slice) -> dict:
+        """The last layer's logits and boxes of the `queries` (and every earlier layer's as aux_outputs)."""
+        out = {"pred_logits": classes[-1][:, queries], "pred_boxes": coords[-1][:, queries]}
+        if self.aux_loss:
+            out["aux_outputs"] = [
+                {"pred_logits": logits[:, queries], "pred_boxes": boxes[:, queries]}
+                for logits, boxes in zip(classes[:-1], coords[:-1])
+            ]
         return out
 
     @staticmethod

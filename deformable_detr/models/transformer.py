@@ -115,10 +115,11 @@ class DeformableTransformerDecoderLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, reference_points: torch.Tensor,
                 src: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                src_padding_mask: torch.Tensor) -> torch.Tensor:
-        """tgt, query_pos [B, Q, C]; reference_points [B, Q, L, 2 or 4]; src [B, S, C] -> [B, Q, C]."""
+                src_padding_mask: torch.Tensor, self_attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tgt, query_pos [B, Q, C]; reference_points [B, Q, L, 2 or 4]; src [B, S, C] -> [B, Q, C].
+        self_attn_mask: bool [Q, Q], True where a query may not attend to another (None: all attend)."""
         q = k = (tgt + query_pos).transpose(0, 1)
-        attended = self.self_attn(q, k, tgt.transpose(0, 1))[0].transpose(0, 1)
+        attended = self.self_attn(q, k, tgt.transpose(0, 1), attn_mask=self_attn_mask)[0].transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(attended))
         attended = self.cross_attn(tgt + query_pos, reference_points, src, spatial_shapes, level_start_index,
                                    src_padding_mask)
@@ -143,8 +144,9 @@ class DeformableTransformerDecoder(nn.Module):
 
     def forward(self, tgt: torch.Tensor, reference_points: torch.Tensor, src: torch.Tensor,
                 spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, valid_ratios: torch.Tensor,
-                query_pos: torch.Tensor, src_padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tgt, query_pos [B, Q, C]; reference_points [B, Q, 2 or 4] in [0, 1].
+                query_pos: torch.Tensor, src_padding_mask: torch.Tensor,
+                self_attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tgt, query_pos [B, Q, C]; reference_points [B, Q, 2 or 4] in [0, 1]; self_attn_mask as the layer's.
 
         Returns:
             hs [num_layers, B, Q, C] and the reference points after each layer [num_layers, B, Q, 2 or 4].
@@ -159,7 +161,7 @@ class DeformableTransformerDecoder(nn.Module):
             else:
                 reference_points_input = reference_points[:, :, None] * valid_ratios[:, None]
             output = layer(output, query_pos, reference_points_input, src, spatial_shapes, level_start_index,
-                           src_padding_mask)
+                           src_padding_mask, self_attn_mask)
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[index](output)
                 if reference_points.shape[-1] == 4:
@@ -184,13 +186,18 @@ class DeformableTransformer(nn.Module):
         dim_feedforward: FFN width. dropout: dropout rate. num_feature_levels: L.
         dec_n_points / enc_n_points: sampling points per head and level.
         two_stage: select the top `two_stage_num_proposals` encoder proposals as the queries.
+        one_to_many_proposals: in training, the next `one_to_many_proposals` proposals as a second query group
+            that the first group cannot see (hybrid matching; two-stage only).
     """
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.1,
                  num_feature_levels: int = 4, dec_n_points: int = 4, enc_n_points: int = 4,
-                 two_stage: bool = False, two_stage_num_proposals: int = 300):
+                 two_stage: bool = False, two_stage_num_proposals: int = 300, one_to_many_proposals: int = 0):
         super().__init__()
+        if one_to_many_proposals and not two_stage:
+            raise ValueError("DeformableTransformer: one_to_many_proposals are proposals: they need two_stage")
+        self.one_to_many_proposals = one_to_many_proposals
         self.d_model = d_model
         self.nhead = nhead
         self.two_stage = two_stage
@@ -289,7 +296,8 @@ class DeformableTransformer(nn.Module):
         Returns:
             dict with hs [num_dec, B, Q, C], init_reference [B, Q, 2 or 4], inter_references
             [num_dec, B, Q, 2 or 4], and in two-stage mode enc_outputs_class [B, S, num_classes] and
-            enc_outputs_coord_unact [B, S, 4].
+            enc_outputs_coord_unact [B, S, 4]. In training with one_to_many_proposals P, Q is
+            two_stage_num_proposals + P: the one-to-one group first.
         """
         if not self.two_stage and query_embed is None:
             raise ValueError("DeformableTransformer: query_embed is required unless two_stage")
@@ -302,13 +310,26 @@ class DeformableTransformer(nn.Module):
             queries = self._embedded_queries(query_embed, memory.shape[0])
         hs, inter_references = self.decoder(queries.tgt, queries.reference_points, memory, levels.spatial_shapes,
                                             levels.level_start_index, levels.valid_ratios, queries.query_pos,
-                                            levels.mask)
+                                            levels.mask, self._group_mask(queries.tgt.shape[1], memory.device))
         return {
             **queries.encoder_outputs,
             "hs": hs,
             "init_reference": queries.reference_points,
             "inter_references": inter_references,
         }
+
+    def _group_mask(self, num_queries: int, device: torch.device) -> torch.Tensor | None:
+        """bool [Q, Q]: the one-to-one and one-to-many query groups do not attend to each other (None: one group).
+        The one-to-one group then computes what it would alone (up to float rounding)."""
+        one_to_one = num_queries - self._extra_proposals()
+        if one_to_one == num_queries:
+            return None
+        group = torch.arange(num_queries, device=device) >= one_to_one
+        return group[:, None] != group[None, :]
+
+    def _extra_proposals(self) -> int:
+        """The one-to-many group's size: only in training."""
+        return self.one_to_many_proposals if self.training else 0
 
     def _flatten_levels(self, srcs: list[torch.Tensor], masks: list[torch.Tensor],
                         pos_embeds: list[torch.Tensor]) -> "FlatLevels":
@@ -350,11 +371,11 @@ class DeformableTransformer(nn.Module):
         # the extra (last) heads score and regress the proposals
         enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
         enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
-        topk = self.two_stage_num_proposals
+        topk = self.two_stage_num_proposals + self._extra_proposals()
         if topk > enc_outputs_class.shape[1]:
             raise ValueError(
                 f"two-stage: {topk} proposals requested but the encoder has only {enc_outputs_class.shape[1]} "
-                "positions; use larger images or fewer num_queries"
+                "positions; use larger images or fewer num_queries (and one_to_many_queries)"
             )
         # proposals are ranked by their first class's score (the binary "object" score in training)
         topk_proposals = torch.topk(enc_outputs_class[..., 0], topk, dim=1)[1]
@@ -406,4 +427,5 @@ def build_deformable_transformer(settings: ModelSettings) -> DeformableTransform
         enc_n_points=settings.enc_n_points,
         two_stage=settings.two_stage,
         two_stage_num_proposals=settings.num_queries,
+        one_to_many_proposals=settings.one_to_many_queries,
     )
