@@ -142,39 +142,32 @@ class SetCriterion(nn.Module):
         for loss in self.losses:
             losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes))
         for layer, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
-            aux_indices = self.matcher(aux_outputs, targets)
-            for loss in self.losses:
-                kwargs = {"log": False} if loss == "labels" else {}
-                terms = self.get_loss(loss, aux_outputs, targets, aux_indices, num_boxes, **kwargs)
-                losses.update({f"{name}_{layer}": value for name, value in terms.items()})
+            losses.update(self._matched_losses(aux_outputs, targets, num_boxes, f"_{layer}", self.losses))
         if "enc_outputs" in outputs:
-            enc_outputs = outputs["enc_outputs"]
             # proposals are scored as object vs background: every target has class 0
             bin_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-            enc_indices = self.matcher(enc_outputs, bin_targets)
-            for loss in self.losses:
-                kwargs = {"log": False} if loss == "labels" else {}
-                terms = self.get_loss(loss, enc_outputs, bin_targets, enc_indices, num_boxes, **kwargs)
-                losses.update({f"{name}_enc": value for name, value in terms.items()})
+            losses.update(self._matched_losses(outputs["enc_outputs"], bin_targets, num_boxes, "_enc", self.losses))
         if "one_to_many" in outputs:
-            losses.update(self._one_to_many_losses(outputs["one_to_many"], targets, num_boxes))
+            # every layer of the one-to-many group, matched to the targets repeated (no logging-only terms)
+            group, repeats = outputs["one_to_many"], self.one_to_many_repeats
+            repeated = [{"labels": t["labels"].repeat(repeats), "boxes": t["boxes"].repeat(repeats, 1)}
+                        for t in targets]
+            layers = [("", group)] + [(f"_{layer}", aux) for layer, aux in enumerate(group.get("aux_outputs", []))]
+            for suffix, layer_outputs in layers:
+                losses.update(self._matched_losses(layer_outputs, repeated, num_boxes * repeats,
+                                                   f"{suffix}_one2many", ("labels", "boxes")))
         return losses
 
-    def _one_to_many_losses(self, group: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
-        """Focal, L1 and GIoU losses of the one-to-many group, every layer matched to the targets repeated."""
-        repeats = self.one_to_many_repeats
-        repeated = [{"labels": t["labels"].repeat(repeats), "boxes": t["boxes"].repeat(repeats, 1)} for t in targets]
-        last = {"pred_logits": group["pred_logits"], "pred_boxes": group["pred_boxes"]}
-        layers = [("", last)] + [(f"_{layer}", aux) for layer, aux in enumerate(group.get("aux_outputs", []))]
-        losses: dict[str, torch.Tensor] = {}
-        for suffix, layer_outputs in layers:
-            indices = self.matcher(layer_outputs, repeated)
-            terms = {
-                **self.loss_labels(layer_outputs, repeated, indices, num_boxes * repeats, log=False),
-                **self.loss_boxes(layer_outputs, repeated, indices, num_boxes * repeats),
-            }
-            losses.update({f"{name}{suffix}_one2many": value for name, value in terms.items()})
-        return losses
+    def _matched_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str,
+                        losses: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The `losses` of one layer's outputs after matching them to `targets`, each name + `suffix`
+        (without class_error: only the final layer logs it)."""
+        indices = self.matcher(outputs, targets)
+        terms: dict[str, torch.Tensor] = {}
+        for loss in losses:
+            kwargs = {"log": False} if loss == "labels" else {}
+            terms.update(self.get_loss(loss, outputs, targets, indices, num_boxes, **kwargs))
+        return {f"{name}{suffix}": value for name, value in terms.items()}
 
 
 def build_weight_dict(settings: ModelSettings) -> dict[str, float]:
