@@ -5,6 +5,7 @@ complete checkpoint from metadata.json and unpickles nothing."""
 import json
 import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ class WritesMarker:
 def make_checkpoint(folder, steps: int, marker: str | None = None, complete: bool = True) -> str:
     """A checkpoint folder as Determined and the trial write it (the weights file is a stand-in)."""
     os.makedirs(folder)
-    (folder / "state_dict.pth").write_bytes(os.urandom(4096))
+    (folder / "state_dict.pth").write_bytes(random.Random(steps).randbytes(4096))
     payload = WritesMarker(marker) if marker else {"batches_trained": steps}
     (folder / "trial_state.pkl").write_bytes(pickle.dumps(payload))
     (folder / "load_data.json").write_text("{}")
@@ -114,8 +115,20 @@ def test_resume_reads_the_step_from_metadata_json_without_unpickling(tmp_path):
     assert marker.exists()
 
 
-def test_cut_weights_file_is_named_when_loaded(tmp_path):
-    folder = make_checkpoint(tmp_path / "a", steps=4)  # state_dict.pth holds random bytes, not a torch file
+@pytest.mark.parametrize("seed", range(20))
+def test_weights_file_of_arbitrary_bytes_is_named_when_loaded(tmp_path, seed):
+    # torch's legacy unpickler fails on arbitrary bytes with errors of any type (KeyError, ValueError, ...)
+    folder = make_checkpoint(tmp_path / "a", steps=seed)
+    with pytest.raises(IncompleteCheckpointError, match=r"a': cannot read state_dict.pth: not a zip archive"):
+        read_trial_weights(folder)
+
+
+def test_cut_torch_weights_file_is_named_when_loaded(tmp_path):
+    folder = make_checkpoint(tmp_path / "a", steps=4)
+    weights = os.path.join(folder, "state_dict.pth")
+    torch.save({"models_state_dict": [{"weight": torch.ones(1000)}]}, weights)
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
     with pytest.raises(IncompleteCheckpointError, match=r"a': cannot read state_dict.pth"):
         read_trial_weights(folder)
 

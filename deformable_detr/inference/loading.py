@@ -3,6 +3,7 @@ check that a checkpoint's weights fit a model (inference and warm start)."""
 
 import argparse
 import os
+import zipfile
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,6 +116,12 @@ def read_trial_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     """The model's state_dict in a checkpoint folder the trial wrote (Determined's state_dict.pth), loaded
     with weights_only=True."""
     path = os.path.join(checkpoint_dir, WEIGHTS_FILE)
+    # torch.save writes a zip archive; anything else would reach torch's legacy unpickler, whose errors on
+    # arbitrary bytes are of any type.
+    if os.path.exists(path) and not zipfile.is_zipfile(path):
+        raise IncompleteCheckpointError(
+            f"checkpoint {checkpoint_dir!r}: cannot read {WEIGHTS_FILE}: not a zip archive as torch.save writes"
+        )
     try:
         with torch.serialization.safe_globals(DETERMINED_CHECKPOINT_GLOBALS):
             state = torch.load(path, map_location="cpu", weights_only=True)
