@@ -14,6 +14,7 @@ and prints `final bbox mAP: <value>`.
 """
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import torch
 import yaml
 
 import model_def
+import ops
 from deformable_detr.data import paths, synthetic
 from deformable_detr.data.categories import category_ids, category_names
 from deformable_detr.data.coco import load_coco
@@ -161,7 +163,11 @@ def main(argv: list[str] | None = None) -> float:
 
     with open(args.config) as f:
         data_dir = yaml.safe_load(f)["data"]["data_dir"]
-    ensure_dataset(data_dir, args.train_images, args.val_images, args.image_size)
+    # The kernel's first build (ninja's compilers) overlaps the dataset's generation (this process).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        kernel = pool.submit(ops.kernel_available)
+        ensure_dataset(data_dir, args.train_images, args.val_images, args.image_size)
+        kernel.result()  # the build's error, if any, is raised here
 
     checkpoints = os.path.join(args.output, "checkpoints")
     metrics_file = os.path.join(args.output, "metrics.jsonl")
