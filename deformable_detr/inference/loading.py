@@ -3,8 +3,8 @@ check that a checkpoint's weights fit a model (inference and warm start)."""
 
 import argparse
 import os
-import zipfile
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
