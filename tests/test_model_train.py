@@ -162,6 +162,40 @@ def test_resnet10_has_one_basic_block_per_stage_and_no_pretrained_weights() -> N
         model.build_model({**TINY, "backbone": "resnet10", "pretrained_backbone": True})
 
 
+@pytest.mark.parametrize("backbone", ["resnet10", "resnet34"])
+def test_narrow_layer4_feeds_its_width_to_the_projections_and_trains_every_block(backbone: str) -> None:
+    torch.manual_seed(0)
+    options = {**TINY, "backbone": backbone, "backbone_layer4_channels": 48, "lr_backbone": 1e-5}
+    detector, criterion, _ = model.build_model(options)
+    body = detector.backbone[0].body
+    reference, _, _ = model.build_model({**TINY, "backbone": backbone})
+    assert len(body.layer4) == len(reference.backbone[0].body.layer4)  # the blocks of the named ResNet
+    assert body.layer4[0].conv1.weight.shape == (48, 256, 3, 3)
+    assert body.layer4[0].downsample[0].weight.shape == (48, 256, 1, 1)
+    assert all(block.conv2.weight.shape == (48, 48, 3, 3) for block in body.layer4)
+    # layer4's map goes to the third projection, and the strided extra level starts from it too
+    assert detector.backbone.num_channels == [128, 256, 48]
+    assert [projection[0].in_channels for projection in detector.input_proj] == [128, 256, 48, 48]
+    # He-normal (fan-out) like torchvision's stages: std sqrt(2 / (48 * 9))
+    weight = body.layer4[0].conv2.weight
+    assert 0.8 < weight.std().item() / (2 / (48 * 9)) ** 0.5 < 1.2
+    outputs = detector(_images())
+    criterion.total_loss(criterion(outputs, TARGETS)).backward()
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0
+               for parameter in body.layer4.parameters())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"backbone": "resnet50"}, "needs a basic-block ResNet"),
+     ({"backbone": "resnet18", "pretrained_backbone": True}, "changes layer4, so the pretrained weights"),
+     ({"backbone": "resnet18", "backbone_layer4_channels": 0}, "must be >= 1")],
+)
+def test_narrow_layer4_is_refused_where_it_cannot_be_built(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"'backbone_layer4_channels' {message}"):
+        model.build_model({**TINY, "backbone_layer4_channels": 64, **options})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_a_tiny_model_trains_with_finite_decreasing_loss(variant: str) -> None:

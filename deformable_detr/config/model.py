@@ -17,6 +17,7 @@ SEGMENTATION_KEYS: frozenset[str] = frozenset({"masks", "mask_loss_coef", "dice_
 # `num_classes: auto`: the class count comes from the training annotations.
 AUTO_NUM_CLASSES = "auto"
 BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101")
+BASIC_BLOCK_BACKBONES = ("resnet10", "resnet18", "resnet34")
 POSITION_EMBEDDINGS = ("sine", "v2", "learned", "v3")
 BACKBONE_NORMS = ("frozen_batch_norm", "batch_norm")
 # Settings that name one of a fixed set of choices.
@@ -51,6 +52,10 @@ class ModelSettings:
         is built; docs/datasets.md).
     nms_iou_threshold: post-processing per-class NMS IoU; 1.0 (the authors') applies none.
     pretrained_backbone: start the ResNet from torchvision's ImageNet weights (downloads them).
+    backbone_layer4_channels: output channels of layer4 for the basic-block ResNets (resnet10/18/34), in place
+        of their 512; None (the authors') keeps the ResNet as it is. A narrower layer4 has a fraction of the
+        weights (layer4 holds two thirds of a ResNet-10's), and on a CPU a step's gradient all-reduce, weight
+        casts and optimizer work scale with the weights, not with the image size. Trained from scratch only.
     channels_last: the backbone's convolutions in the channels-last memory layout (the same arithmetic in another
         order: equal up to float rounding; faster on CPUs, whose oneDNN convolutions prefer it, and for bf16 / fp16
         on GPUs); off by default, as the authors'.
@@ -88,6 +93,7 @@ class ModelSettings:
     num_classes: int | str = 91
     nms_iou_threshold: float = 1.0
     pretrained_backbone: bool = False
+    backbone_layer4_channels: int | None = None
     channels_last: bool = False
 
     def validate(self) -> None:
@@ -98,6 +104,12 @@ class ModelSettings:
             raise ValueError(f"hyperparameter 'dilation': {self.backbone} (basic blocks) cannot be dilated")
         if self.pretrained_backbone and self.backbone == "resnet10":
             raise ValueError("hyperparameter 'pretrained_backbone': resnet10 has no pretrained weights")
+        if self.backbone_layer4_channels is not None:
+            _require("backbone_layer4_channels", self.backbone_layer4_channels >= 1, "must be >= 1 (or null)")
+            _require("backbone_layer4_channels", self.backbone in BASIC_BLOCK_BACKBONES,
+                     f"needs a basic-block ResNet ({', '.join(BASIC_BLOCK_BACKBONES)}), got {self.backbone!r}")
+            _require("backbone_layer4_channels", not self.pretrained_backbone,
+                     "changes layer4, so the pretrained weights would not fit: set pretrained_backbone false")
         if self.two_stage and not self.with_box_refine:
             # the authors' two-stage model scores proposals with the per-layer heads that only box
             # refinement creates (without it their code fails); their two-stage results use both

@@ -90,6 +90,26 @@ class Joiner(nn.Sequential):
         return features, positions
 
 
+def basic_stage(in_channels: int, out_channels: int, blocks: int, norm_layer: type[nn.Module]) -> nn.Sequential:
+    """A ResNet stage of `blocks` basic blocks that halves the resolution: [B, in, h, w] -> [B, out, h/2, w/2].
+
+    Built and initialised as torchvision builds its own stages (He-normal convolutions, fan-out; a strided
+    1x1 convolution with its norm on the first block's shortcut), for any width.
+    """
+    shortcut = nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=2, bias=False), norm_layer(out_channels)
+    )
+    block = torchvision.models.resnet.BasicBlock
+    stage = nn.Sequential(
+        block(in_channels, out_channels, stride=2, downsample=shortcut, norm_layer=norm_layer),
+        *(block(out_channels, out_channels, norm_layer=norm_layer) for _ in range(blocks - 1)),
+    )
+    for module in stage.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return stage
+
+
 def build_backbone(settings: ModelSettings, train: bool) -> Joiner:
     """The ResNet of `settings` with its position encoding; `train`: whether the backbone trains at all."""
     norm_layer = FrozenBatchNorm2d if settings.backbone_norm == "frozen_batch_norm" else nn.BatchNorm2d
@@ -103,9 +123,13 @@ def build_backbone(settings: ModelSettings, train: bool) -> Joiner:
             replace_stride_with_dilation=[False, False, settings.dilation],
             norm_layer=norm_layer,
         )
+    channels = _CHANNELS[settings.backbone]
+    if settings.backbone_layer4_channels is not None:
+        resnet.layer4 = basic_stage(channels[1], settings.backbone_layer4_channels, len(resnet.layer4), norm_layer)
+        channels = (*channels[:2], settings.backbone_layer4_channels)
     backbone = Backbone(
         resnet,
-        _CHANNELS[settings.backbone],
+        channels,
         trainable_layers=settings.trainable_backbone_layers if train else 0,
         return_interm_layers=settings.num_feature_levels > 1,
         dilation=settings.dilation,
