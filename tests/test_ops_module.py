@@ -161,3 +161,24 @@ def test_reference_points_of_the_wrong_shape_are_reported() -> None:
     call["reference_points"] = call["reference_points"][..., :1]
     with pytest.raises(ValueError, match="reference_points must be"):
         randomised_layer()(**call)
+
+
+@pytest.mark.parametrize("offset_dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_point_locations_equal_the_authors_broadcast_bit_for_bit(offset_dtype: torch.dtype) -> None:
+    # The layer divides over contiguous rows for speed; each element must be the authors' expression exactly,
+    # with the dtypes that autocast (bf16 offsets, float32 references) and float64 runs give.
+    layer = ops.MSDeformAttn(d_model=32, n_levels=3, n_heads=2, n_points=3)
+    generator = torch.Generator().manual_seed(0)
+    shapes = torch.tensor([[22, 21], [11, 7], [3, 300]])
+    reference_dtype = torch.float64 if offset_dtype == torch.float64 else torch.float32
+    reference = torch.rand(2, 5, 3, 2, generator=generator, dtype=reference_dtype)
+    offsets = (torch.randn(2, 5, 2, 3, 3, 2, generator=generator) * 4).to(offset_dtype).requires_grad_()
+    normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], dim=-1)
+    expected = reference[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+    locations = layer._point_locations(reference, offsets, shapes)
+    assert locations.dtype == expected.dtype and locations.shape == expected.shape
+    assert torch.equal(locations, expected)
+    upstream = torch.randn(expected.shape, generator=generator, dtype=expected.dtype)
+    (expected_grad,) = torch.autograd.grad(expected, offsets, upstream)
+    (grad,) = torch.autograd.grad(locations, offsets, upstream)
+    assert torch.equal(grad, expected_grad)
