@@ -54,7 +54,7 @@ class ModelSettings:
     pretrained_backbone: start the ResNet from torchvision's ImageNet weights (downloads them).
     backbone_layer4_channels: output channels of layer4 for the basic-block ResNets (resnet10/18/34), in place
         of their 512; None (the authors') keeps the ResNet as it is. A narrower layer4 has a fraction of the
-        weights (layer4 holds two thirds of a ResNet-10's), and on a CPU a step's gradient all-reduce, weight
+        weights (layer4 holds three quarters of a ResNet-10's), and on a CPU a step's gradient all-reduce, weight
         casts and optimizer work scale with the weights, not with the image size. Trained from scratch only.
     channels_last: the backbone's convolutions in the channels-last memory layout (the same arithmetic in another
         order: equal up to float rounding; faster on CPUs, whose oneDNN convolutions prefer it, and for bf16 / fp16
