@@ -100,7 +100,7 @@ class ModelSettings:
         """Raise ValueError for values out of range and for contradictory settings."""
         for name, choices in CHOICES.items():
             require_choice(HYPERPARAMETERS, name, getattr(self, name), choices)
-        if self.dilation and self.backbone in ("resnet10", "resnet18", "resnet34"):
+        if self.dilation and self.backbone in BASIC_BLOCK_BACKBONES:
             raise ValueError(f"hyperparameter 'dilation': {self.backbone} (basic blocks) cannot be dilated")
         if self.pretrained_backbone and self.backbone == "resnet10":
             raise ValueError("hyperparameter 'pretrained_backbone': resnet10 has no pretrained weights")
