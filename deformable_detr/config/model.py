@@ -41,6 +41,11 @@ class ModelSettings:
         al., CVPR 2023): in training only, the next-best proposals form a second query group, hidden from the
         first group's self-attention, matched to the targets repeated `one_to_many_repeats` times, its losses
         weighted by `one_to_many_weight`; inference uses only the `num_queries` group. 0 (the authors') adds none.
+    denoising_groups: query denoising (DN-DETR, Li et al., CVPR 2022), two-stage only: in training, this many
+        noised copies of the targets as extra decoder queries (box from the noised box, content from the embedded
+        noised label), hidden from the other queries, each trained to give back its target without matching;
+        `denoising_box_noise` is DN-DETR's lambda (centre shift and side scaling), `denoising_label_noise` the
+        probability of a random label. 0 (the authors') adds none.
     set_cost_*: Hungarian matching weights. *_loss_coef: loss weights. focal_alpha: focal loss alpha.
     trainable_backbone_layers: how many ResNet stages train when the backbone trains (`lr_backbone` > 0,
         an optimisation setting), counted from the top:
@@ -81,6 +86,9 @@ class ModelSettings:
     one_to_many_queries: int = 0
     one_to_many_repeats: int = 6
     one_to_many_weight: float = 1.0
+    denoising_groups: int = 0
+    denoising_box_noise: float = 0.4
+    denoising_label_noise: float = 0.2
     set_cost_class: float = 2.0
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
@@ -119,6 +127,12 @@ class ModelSettings:
         _require("one_to_many_weight", self.one_to_many_weight >= 0.0, "must be >= 0")
         if self.one_to_many_queries and not self.two_stage:
             raise ValueError("hyperparameter 'one_to_many_queries' requires 'two_stage': true (they are proposals)")
+        _require("denoising_groups", self.denoising_groups >= 0, "must be >= 0")
+        _require("denoising_box_noise", 0.0 <= self.denoising_box_noise <= 1.0, "must be in [0, 1]")
+        _require("denoising_label_noise", 0.0 <= self.denoising_label_noise <= 1.0, "must be in [0, 1]")
+        if self.denoising_groups and not self.two_stage:
+            raise ValueError("hyperparameter 'denoising_groups' requires 'two_stage': true (the queries start from "
+                             "boxes, as the proposals)")
         _require("nms_iou_threshold", 0.0 < self.nms_iou_threshold <= 1.0, "must be in (0, 1]")
         _require("trainable_backbone_layers", 0 <= self.trainable_backbone_layers <= 5, "must be in [0, 5]")
         _require("enc_layers", self.enc_layers >= 0, "must be >= 0")

@@ -9,6 +9,7 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from deformable_detr.training.distributed import average_num_boxes
 from deformable_detr.config.model import ModelSettings
+from deformable_detr.models.denoising import denoising_indices
 from deformable_detr.models.matcher import HungarianMatcher, Indices, build_matcher
 
 LOSSES = ("labels", "boxes", "cardinality")
@@ -121,7 +122,8 @@ class SetCriterion(nn.Module):
             every loss term: loss_ce, loss_bbox, loss_giou, class_error, cardinality_error, the same
             (without class_error) suffixed _0.._{num_dec-2} for earlier layers and _enc for the proposals;
             loss_ce, loss_bbox, loss_giou (and _0.. for earlier layers) suffixed _one2many for the one-to-many
-            group, each divided by num_boxes x one_to_many_repeats.
+            group, each divided by num_boxes x one_to_many_repeats; the same suffixed _dn for the denoising
+            queries, divided by num_boxes x their groups.
         """
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(
@@ -130,7 +132,8 @@ class SetCriterion(nn.Module):
         for index, target in enumerate(targets):
             if "labels" not in target or "boxes" not in target:
                 raise ValueError(f"SetCriterion: targets[{index}] needs 'labels' and 'boxes', has {sorted(target)}")
-        final_outputs = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs", "one_to_many")}
+        final_outputs = {k: v for k, v in outputs.items()
+                         if k not in ("aux_outputs", "enc_outputs", "one_to_many", "denoising")}
         indices = self.matcher(final_outputs, targets)
         num_boxes = float(sum(len(t["labels"]) for t in targets))
         if across_workers:
@@ -156,7 +159,22 @@ class SetCriterion(nn.Module):
             for suffix, layer_outputs in layers:
                 losses.update(self._matched_losses(layer_outputs, repeated, num_boxes * repeats,
                                                    f"{suffix}_one2many", ("labels", "boxes")))
+        if "denoising" in outputs:
+            losses.update(self._denoising_losses(outputs["denoising"], targets, num_boxes))
         return losses
+
+    def _denoising_losses(self, group: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
+        """Every layer's losses of the denoising queries against the targets they were made from (no matching),
+        each name suffixed _dn, divided by num_boxes x groups."""
+        indices = denoising_indices(targets, group["groups"], group["per_group"])
+        layers = [("", group)] + [(f"_{layer}", aux) for layer, aux in enumerate(group.get("aux_outputs", []))]
+        terms: dict[str, torch.Tensor] = {}
+        for suffix, layer_outputs in layers:
+            for loss in ("labels", "boxes"):
+                kwargs = {"log": False} if loss == "labels" else {}
+                values = self.get_loss(loss, layer_outputs, targets, indices, num_boxes * group["groups"], **kwargs)
+                terms.update({f"{name}{suffix}_dn": value for name, value in values.items()})
+        return terms
 
     def _matched_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str,
                         losses: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -171,8 +189,8 @@ class SetCriterion(nn.Module):
 
 
 def build_weight_dict(settings: ModelSettings) -> dict[str, float]:
-    """Loss weights of the final layer, each earlier decoder layer (_i), the two-stage proposals (_enc) and the
-    one-to-many group (_one2many, x one_to_many_weight)."""
+    """Loss weights of the final layer, each earlier decoder layer (_i), the two-stage proposals (_enc), the
+    one-to-many group (_one2many, x one_to_many_weight) and the denoising queries (_dn)."""
     base = {
         "loss_ce": settings.cls_loss_coef, "loss_bbox": settings.bbox_loss_coef, "loss_giou": settings.giou_loss_coef
     }
@@ -183,9 +201,11 @@ def build_weight_dict(settings: ModelSettings) -> dict[str, float]:
     # the authors add the _enc weights only together with aux_loss; two-stage always needs them
     if settings.aux_loss or settings.two_stage:
         weight_dict.update({f"{name}_enc": value for name, value in base.items()})
+    decoder = [name for name in weight_dict if not name.endswith("_enc")]
     if settings.one_to_many_queries:
-        decoder = [name for name in weight_dict if not name.endswith("_enc")]
         weight_dict.update({f"{name}_one2many": weight_dict[name] * settings.one_to_many_weight for name in decoder})
+    if settings.denoising_groups:
+        weight_dict.update({f"{name}_dn": weight_dict[name] for name in decoder})
     return weight_dict
 
 

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from deformable_detr.models.backbone import Joiner, downsample_mask
 from deformable_detr.data.batching import pad_images
+from deformable_detr.models.denoising import DenoisingQueries
 from deformable_detr.models.transformer import DeformableTransformer, inverse_sigmoid
 
 
@@ -124,19 +125,22 @@ class DeformableDETR(nn.Module):
                 nn.init.zeros_(head.layers[-1].bias[2:])
 
     def forward(self, samples: list[torch.Tensor] | torch.Tensor,
-                mask: torch.Tensor | None = None) -> dict:
+                mask: torch.Tensor | None = None, denoising: DenoisingQueries | None = None) -> dict:
         """
         Args:
             samples: a list of B normalised images [3, H_i, W_i] (padded bottom/right here), or a padded
                 batch [B, 3, H, W].
             mask: bool [B, H, W], True at padding, for a padded batch (None: no padding).
+            denoising: noised targets to decode as extra queries (training with query denoising).
 
         Returns:
             pred_logits [B, Q, num_classes], pred_boxes [B, Q, 4] (cx, cy, w, h in [0, 1] of the image);
             aux_outputs: list of num_dec - 1 dicts with the same keys, when aux_loss;
             enc_outputs: {pred_logits [B, S, num_classes], pred_boxes [B, S, 4]} in two-stage mode;
             one_to_many: pred_logits, pred_boxes [B, P, ...] and aux_outputs of the one-to-many group, in
-            training with one_to_many_queries P.
+            training with one_to_many_queries P;
+            denoising: pred_logits, pred_boxes [B, N, ...] and aux_outputs of the N denoising queries, with their
+            layout (groups, per_group), when `denoising` is given.
         """
         images, mask = self._batch(samples, mask)
         features, positions = self.backbone(images, mask)
@@ -153,7 +157,7 @@ class DeformableDETR(nn.Module):
             positions.append(self.backbone[1](src, level_mask).to(src.dtype))
 
         query_embed = None if self.two_stage else self.query_embed.weight
-        result = self.transformer(srcs, masks, positions, query_embed)
+        result = self.transformer(srcs, masks, positions, query_embed, denoising)
         hs = result["hs"]
 
         outputs_classes = []
@@ -170,8 +174,16 @@ class DeformableDETR(nn.Module):
             outputs_coords.append(coord.sigmoid())
 
         out = self._layer_outputs(outputs_classes, outputs_coords, slice(0, self.num_queries))
-        if hs.shape[2] > self.num_queries:  # training with hybrid matching: the one-to-many group
-            out["one_to_many"] = self._layer_outputs(outputs_classes, outputs_coords, slice(self.num_queries, None))
+        matching = hs.shape[2] - (0 if denoising is None else denoising.labels.shape[1])
+        if matching > self.num_queries:  # training with hybrid matching: the one-to-many group
+            out["one_to_many"] = self._layer_outputs(outputs_classes, outputs_coords,
+                                                     slice(self.num_queries, matching))
+        if denoising is not None:
+            out["denoising"] = {
+                **self._layer_outputs(outputs_classes, outputs_coords, slice(matching, None)),
+                "groups": denoising.groups,
+                "per_group": denoising.per_group,
+            }
         if self.two_stage:
             out["enc_outputs"] = {
                 "pred_logits": result["enc_outputs_class"],

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from ops import MSDeformAttn, kernel_available
 
 from deformable_detr.config.model import ModelSettings
+from deformable_detr.models.denoising import DenoisingQueries
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -188,15 +189,20 @@ class DeformableTransformer(nn.Module):
         two_stage: select the top `two_stage_num_proposals` encoder proposals as the queries.
         one_to_many_proposals: in training, the next `one_to_many_proposals` proposals as a second query group
             that the first group cannot see (hybrid matching; two-stage only).
+        denoising_classes: with query denoising (two-stage only), the classes whose labels are embedded as the
+            denoising queries' content (plus one for the padding); 0: no denoising.
     """
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.1,
                  num_feature_levels: int = 4, dec_n_points: int = 4, enc_n_points: int = 4,
-                 two_stage: bool = False, two_stage_num_proposals: int = 300, one_to_many_proposals: int = 0):
+                 two_stage: bool = False, two_stage_num_proposals: int = 300, one_to_many_proposals: int = 0,
+                 denoising_classes: int = 0):
         super().__init__()
         if one_to_many_proposals and not two_stage:
             raise ValueError("DeformableTransformer: one_to_many_proposals are proposals: they need two_stage")
+        if denoising_classes and not two_stage:
+            raise ValueError("DeformableTransformer: denoising queries start from boxes: they need two_stage")
         self.one_to_many_proposals = one_to_many_proposals
         self.d_model = d_model
         self.nhead = nhead
@@ -217,6 +223,9 @@ class DeformableTransformer(nn.Module):
         else:
             self.reference_points = nn.Linear(d_model, 2)
         self._reset_parameters()
+        if denoising_classes:
+            # registered last: the authors' parameters keep their initial values
+            self.label_embed = nn.Embedding(denoising_classes + 1, d_model)
 
     def _reset_parameters(self) -> None:
         for parameter in self.parameters():
@@ -287,17 +296,19 @@ class DeformableTransformer(nn.Module):
         return output_memory, output_proposals
 
     def forward(self, srcs: list[torch.Tensor], masks: list[torch.Tensor], pos_embeds: list[torch.Tensor],
-                query_embed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                query_embed: torch.Tensor | None = None,
+                denoising: DenoisingQueries | None = None) -> dict[str, torch.Tensor]:
         """
         Args:
             srcs: L maps [B, C, h_l, w_l]. masks: L bool [B, h_l, w_l]. pos_embeds: L [B, C, h_l, w_l].
             query_embed: [Q, 2C] (query position, query content); None in two-stage mode.
+            denoising: the noised targets as N more queries (training with query denoising), after all others.
 
         Returns:
             dict with hs [num_dec, B, Q, C], init_reference [B, Q, 2 or 4], inter_references
             [num_dec, B, Q, 2 or 4], and in two-stage mode enc_outputs_class [B, S, num_classes] and
             enc_outputs_coord_unact [B, S, 4]. In training with one_to_many_proposals P, Q is
-            two_stage_num_proposals + P: the one-to-one group first.
+            two_stage_num_proposals + P: the one-to-one group first; the N denoising queries come last.
         """
         if not self.two_stage and query_embed is None:
             raise ValueError("DeformableTransformer: query_embed is required unless two_stage")
@@ -308,9 +319,13 @@ class DeformableTransformer(nn.Module):
             queries = self._select_proposals(memory, levels)
         else:
             queries = self._embedded_queries(query_embed, memory.shape[0])
+        group_sizes = [queries.tgt.shape[1] - self._extra_proposals(), self._extra_proposals()]
+        if denoising is not None:
+            queries = self._with_denoising(queries, denoising)
+            group_sizes += [denoising.per_group] * denoising.groups
         hs, inter_references = self.decoder(queries.tgt, queries.reference_points, memory, levels.spatial_shapes,
                                             levels.level_start_index, levels.valid_ratios, queries.query_pos,
-                                            levels.mask, self._group_mask(queries.tgt.shape[1], memory.device))
+                                            levels.mask, _group_mask(group_sizes, memory.device))
         return {
             **queries.encoder_outputs,
             "hs": hs,
@@ -318,14 +333,19 @@ class DeformableTransformer(nn.Module):
             "inter_references": inter_references,
         }
 
-    def _group_mask(self, num_queries: int, device: torch.device) -> torch.Tensor | None:
-        """bool [Q, Q]: the one-to-one and one-to-many query groups do not attend to each other (None: one group).
-        The one-to-one group then computes what it would alone (up to float rounding)."""
-        one_to_one = num_queries - self._extra_proposals()
-        if one_to_one == num_queries:
-            return None
-        group = torch.arange(num_queries, device=device) >= one_to_one
-        return group[:, None] != group[None, :]
+    def _with_denoising(self, queries: "DecoderQueries", denoising: DenoisingQueries) -> "DecoderQueries":
+        """The queries with the denoising ones appended: reference boxes the noised boxes, position embedded from
+        them as a proposal's, content the embedding of the noised label."""
+        boxes = denoising.boxes.to(queries.reference_points.dtype)
+        pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(inverse_sigmoid(boxes))))
+        query_pos = pos_trans_out[..., :self.d_model]
+        tgt = self.label_embed(denoising.labels).to(query_pos.dtype)
+        return DecoderQueries(
+            torch.cat([queries.query_pos, query_pos], 1),
+            torch.cat([queries.tgt, tgt], 1),
+            torch.cat([queries.reference_points, boxes], 1),
+            queries.encoder_outputs,
+        )
 
     def _extra_proposals(self) -> int:
         """The one-to-many group's size: only in training."""
@@ -388,6 +408,17 @@ class DeformableTransformer(nn.Module):
         return DecoderQueries(query_pos, tgt, reference_points, encoder_outputs)
 
 
+def _group_mask(sizes: list[int], device: torch.device) -> torch.Tensor | None:
+    """bool [Q, Q] for query groups of `sizes` (Q their sum), True where a query may not attend to another: each
+    group sees only itself (None: one group). The first group then computes what it would alone (up to float
+    rounding)."""
+    sizes = [size for size in sizes if size > 0]
+    if len(sizes) <= 1:
+        return None
+    group = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+    return group[:, None] != group[None, :]
+
+
 class FlatLevels(NamedTuple):
     """The feature levels flattened for attention: src, pos [B, S, C]; mask bool [B, S]; shapes (h, w) per
     level and spatial_shapes [L, 2] the same as a tensor; level_start_index [L]; valid_ratios [B, L, 2]."""
@@ -428,4 +459,5 @@ def build_deformable_transformer(settings: ModelSettings) -> DeformableTransform
         two_stage=settings.two_stage,
         two_stage_num_proposals=settings.num_queries,
         one_to_many_proposals=settings.one_to_many_queries,
+        denoising_classes=settings.num_classes if settings.denoising_groups else 0,
     )

@@ -14,8 +14,9 @@ from deformable_detr.config.run import Period
 from deformable_detr.data.batching import collate_fn
 from deformable_detr.data.build import build_dataset
 from deformable_detr.data.labels import fit_num_classes
-from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset
+from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset, mix_seed
 from deformable_detr.models.build import build_model
+from deformable_detr.models.denoising import DenoisingQueries, noised_queries
 from deformable_detr.training.checkpoints import CheckpointMetadataWriter, make_metadata
 from deformable_detr.training.coco_eval import CocoDetectionReducer
 from deformable_detr.training.determined_compat import direct_checkpoint_storage, exit_after_checkpoint
@@ -138,8 +139,9 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         global_batch = batch_idx + self.skip_batches
         where = f"training batch {global_batch} (epoch {global_batch // self.batches_per_epoch})"
         images, mask, targets = batch
+        denoising = self._denoising_queries(targets, global_batch)
         with autocast(self.context.device.type, self.amp):
-            outputs = self.model(images, mask)
+            outputs = self.model(images, mask, denoising)
         check_finite_outputs(outputs, where)
         loss, terms = step_losses(self.criterion, outputs, targets)
         check_finite_loss(loss, terms, where)
@@ -150,6 +152,18 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
         for group in self.optimizer.param_groups:
             metrics[f"lr_{group['name']}"] = group["lr"]
         return metrics
+
+    def _denoising_queries(self, targets: list[dict], global_batch: int) -> DenoisingQueries | None:
+        """The step's noised targets (query denoising), drawn from (seed, rank, step) alone: a resumed run draws
+        the same."""
+        model = self.settings.model
+        if not model.denoising_groups:
+            return None
+        generator = torch.Generator().manual_seed(
+            mix_seed(mix_seed(self.seed, self.context.distributed.get_rank()), global_batch) % 2**63
+        )
+        return noised_queries(targets, model.denoising_groups, model.num_classes, model.denoising_box_noise,
+                              model.denoising_label_noise, generator)
 
     def _optimizer_step(self, loss: torch.Tensor, targets: list[dict]) -> None:
         """Backward, then (every `aggregation_frequency` batches) gradient clipping (`clip_max_norm` > 0) and the
