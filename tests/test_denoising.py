@@ -5,36 +5,20 @@ import determined as det
 import pytest
 import torch
 
-import model
+from two_stage_models import TINY_TWO_STAGE, build, images
 from deformable_detr.config.experiment import parse_hyperparameters
 from deformable_detr.models.criterion import build_weight_dict
 from deformable_detr.models.denoising import denoising_indices, noised_queries
 from model_def import DeformableDETRTrial
 from trial_runs import TINY_MODEL
 
-TINY = {
-    "backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 3,
-    "dim_feedforward": 64, "num_queries": 8, "enc_n_points": 2, "dec_n_points": 2, "dropout": 0.0,
-    "num_classes": 5, "with_box_refine": True, "two_stage": True,
-}
+TINY = TINY_TWO_STAGE
 DENOISING = {**TINY, "denoising_groups": 3}
 TARGETS = [
     {"labels": torch.tensor([1, 3]),
      "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]], dtype=torch.float64)},
     {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]], dtype=torch.float64)},
 ]
-
-
-def images() -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    return [torch.randn(3, 96, 96, generator=generator, dtype=torch.float64),
-            torch.randn(3, 80, 96, generator=generator, dtype=torch.float64)]
-
-
-def build(hparams: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
-    detector, criterion, _ = model.build_model(hparams)
-    return detector.double(), criterion
 
 
 def queries(groups=3, box_noise=0.4, label_noise=0.2, seed=0, targets=TARGETS):

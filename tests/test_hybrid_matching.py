@@ -5,31 +5,16 @@ import pytest
 import torch
 
 import model
+from two_stage_models import TINY_TWO_STAGE, build, images
 from deformable_detr.models.criterion import build_weight_dict
 from deformable_detr.config.experiment import parse_hyperparameters
 
-TINY = {
-    "backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 3,
-    "dim_feedforward": 64, "num_queries": 8, "enc_n_points": 2, "dec_n_points": 2, "dropout": 0.0,
-    "num_classes": 5, "with_box_refine": True, "two_stage": True,
-}
+TINY = TINY_TWO_STAGE
 HYBRID = {**TINY, "one_to_many_queries": 12, "one_to_many_repeats": 3}
 TARGETS = [
     {"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]])},
     {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])},
 ]
-
-
-def images() -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    return [torch.randn(3, 96, 96, generator=generator, dtype=torch.float64),
-            torch.randn(3, 80, 96, generator=generator, dtype=torch.float64)]
-
-
-def build(hparams: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
-    detector, criterion, _ = model.build_model(hparams)
-    return detector.double(), criterion
 
 
 def test_training_adds_a_one_to_many_group_of_every_layer():
