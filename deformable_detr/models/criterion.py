@@ -155,32 +155,27 @@ class SetCriterion(nn.Module):
             group, repeats = outputs["one_to_many"], self.one_to_many_repeats
             repeated = [{"labels": t["labels"].repeat(repeats), "boxes": t["boxes"].repeat(repeats, 1)}
                         for t in targets]
-            layers = [("", group)] + [(f"_{layer}", aux) for layer, aux in enumerate(group.get("aux_outputs", []))]
-            for suffix, layer_outputs in layers:
+            for suffix, layer_outputs in _every_layer(group):
                 losses.update(self._matched_losses(layer_outputs, repeated, num_boxes * repeats,
                                                    f"{suffix}_one2many", ("labels", "boxes")))
         if "denoising" in outputs:
-            losses.update(self._denoising_losses(outputs["denoising"], targets, num_boxes))
+            # every layer of the denoising queries, against the targets they were made from (no matching)
+            group = outputs["denoising"]
+            indices = denoising_indices(targets, group["groups"], group["per_group"])
+            for suffix, layer_outputs in _every_layer(group):
+                losses.update(self._layer_losses(layer_outputs, targets, indices, num_boxes * group["groups"],
+                                                 f"{suffix}_dn", ("labels", "boxes")))
         return losses
-
-    def _denoising_losses(self, group: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
-        """Every layer's losses of the denoising queries against the targets they were made from (no matching),
-        each name suffixed _dn, divided by num_boxes x groups."""
-        indices = denoising_indices(targets, group["groups"], group["per_group"])
-        layers = [("", group)] + [(f"_{layer}", aux) for layer, aux in enumerate(group.get("aux_outputs", []))]
-        terms: dict[str, torch.Tensor] = {}
-        for suffix, layer_outputs in layers:
-            for loss in ("labels", "boxes"):
-                kwargs = {"log": False} if loss == "labels" else {}
-                values = self.get_loss(loss, layer_outputs, targets, indices, num_boxes * group["groups"], **kwargs)
-                terms.update({f"{name}{suffix}_dn": value for name, value in values.items()})
-        return terms
 
     def _matched_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str,
                         losses: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """The `losses` of one layer's outputs after matching them to `targets`, each name + `suffix`
+        """The `losses` of one layer's outputs after matching them to `targets`, each name + `suffix`."""
+        return self._layer_losses(outputs, targets, self.matcher(outputs, targets), num_boxes, suffix, losses)
+
+    def _layer_losses(self, outputs: dict, targets: list[dict], indices: Indices, num_boxes: float, suffix: str,
+                      losses: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The `losses` of one layer's outputs paired with `targets` by `indices`, each name + `suffix`
         (without class_error: only the final layer logs it)."""
-        indices = self.matcher(outputs, targets)
         terms: dict[str, torch.Tensor] = {}
         for loss in losses:
             kwargs = {"log": False} if loss == "labels" else {}
@@ -212,6 +207,11 @@ def build_weight_dict(settings: ModelSettings) -> dict[str, float]:
 def build_criterion(settings: ModelSettings) -> SetCriterion:
     return SetCriterion(settings.num_classes, build_matcher(settings), build_weight_dict(settings), LOSSES,
                         focal_alpha=settings.focal_alpha, one_to_many_repeats=settings.one_to_many_repeats)
+
+
+def _every_layer(group: dict) -> list[tuple[str, dict]]:
+    """(name suffix, outputs) of a query group's last layer ("") and of each earlier layer ("_0", "_1", ...)."""
+    return [("", group)] + [(f"_{layer}", aux) for layer, aux in enumerate(group.get("aux_outputs", []))]
 
 
 def _src_permutation_idx(indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
