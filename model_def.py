@@ -18,6 +18,7 @@ from deformable_detr.config.run import Period
 from deformable_detr.inference.checkpoint_files import latest_complete_checkpoint, steps_completed
 from deformable_detr.training.determined_compat import (
     allow_determined_rng_state,
+    quiet_local_core_log,
     set_random_seeds,
     use_local_checkpoint,
 )
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         exp_conf, hparams = load_experiment_config(args.config, args.overrides)
+        quiet_local_core_log(args.metrics_file)
         if args.checkpoint_dir:
             # Determined's local mode stores checkpoints under $XDG_DATA_HOME/determined.
             os.environ["XDG_DATA_HOME"] = os.path.abspath(args.checkpoint_dir)
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             validation_period=train_unit(run.validation_period),
             checkpoint_period=train_unit(run.checkpoint_period),
             reporting_period=train_unit(run.reporting_period),
+            # "best" (the default) needs the master; local mode falls back to "all" with a warning.
+            checkpoint_policy="best" if on_cluster else "all",
             latest_checkpoint=latest_checkpoint,
         )
 

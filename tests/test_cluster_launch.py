@@ -10,6 +10,7 @@ one must stop (docs/cluster.md, "What the tests cover and what needs a master").
 
 import inspect
 import json
+import logging
 import os
 import random
 import socket
@@ -26,6 +27,7 @@ from conftest import REPO_ROOT
 from deformable_detr.training.determined_compat import (
     direct_checkpoint_storage,
     exit_after_checkpoint,
+    quiet_local_core_log,
     set_random_seeds,
 )
 from processes import run_group
@@ -81,6 +83,39 @@ def test_local_checkpoints_are_written_directly_under_xdg_data_home(tmp_path, mo
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     with det.pytorch.init(hparams={"global_batch_size": 1}, exp_conf={}) as context:
         assert direct_checkpoint_storage(context) == os.path.join(str(tmp_path), "determined")
+
+
+@pytest.mark.parametrize("metrics_file", [None, "metrics.jsonl"])
+def test_the_local_master_stand_in_is_quiet_but_checkpoints_still_show(caplog, metrics_file):
+    """Determined's local stand-in for the master logs each call at INFO; the filter keeps what a reader uses,
+    and the metric reports unless no metrics file keeps them."""
+    from determined.core._train import DummyTrainContext
+
+    def calls() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="determined.core"):
+            train = DummyTrainContext()
+            train.set_status("training")
+            train.report_progress(0.5)
+            train.upload_tensorboard_files()
+            train.report_training_metrics(steps_completed=4, metrics={"loss": 1.0})
+            train.report_validation_metrics(steps_completed=4, metrics={"mAP": 0.5})
+            logging.getLogger("determined.core").info("saved checkpoint abc")
+        return [record.getMessage() for record in caplog.records]
+
+    core_logger = logging.getLogger("determined.core")
+    assert len(calls()) == 6  # the canary: what the stand-in logs without the filter
+    dropper = quiet_local_core_log(metrics_file)
+    try:
+        assert quiet_local_core_log(metrics_file) is not dropper  # replaced, not stacked
+        assert sum(isinstance(f, type(dropper)) for f in core_logger.filters) == 1
+        kept = calls()
+    finally:
+        for installed in list(core_logger.filters):
+            core_logger.removeFilter(installed)
+    reports = ["report_training_metrics(steps_completed=4, metrics={'loss': 1.0})",
+               "report_validation_metrics(steps_completed=4, metrics={'mAP': 0.5})"]
+    assert kept == ([] if metrics_file else reports) + ["saved checkpoint abc"]
 
 
 def test_exit_after_checkpoint_is_the_trainers_preemption_exit():

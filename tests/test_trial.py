@@ -62,6 +62,10 @@ def test_trial_trains_validates_and_checkpoints_on_fake_data(tmp_path):
     assert set(METRIC_NAMES) <= set(validation[0]) and "loss" in validation[0]
     assert 4 in checkpoints(str(tmp_path / "ckpt"))
     assert "batch 4/4" in output and "left" in output  # visible progress with time left
+    # Determined's local chatter is left out; the saved checkpoints are not.
+    assert "saved checkpoint" in output
+    for chatter in ("report_training_metrics(", "upload_tensorboard_files()", "status: ", "not supported in local"):
+        assert chatter not in output, chatter
 
 
 def test_trial_trains_on_synthetic_coco_from_disk(synthetic_run):

@@ -6,6 +6,7 @@ changes it. The rest of the package uses only Determined's public API (`det.get_
 `det.pytorch.init`, the trial context's getters).
 """
 
+import logging
 import os
 import random
 
@@ -63,3 +64,37 @@ def use_local_checkpoint(checkpoint_dir: str, checkpoint_root: str | None) -> st
         raise ValueError(f"--resume {checkpoint_dir!r} does not lie in --checkpoint-dir {checkpoint_root!r}")
     os.environ["XDG_DATA_HOME"] = data_home
     return os.path.basename(checkpoint_dir)
+
+
+# What Determined's stand-in for the master (local mode) logs at INFO for every call made to it.
+_LOCAL_MASTER_CALLS = ("status: ", "upload_tensorboard_files()", "report_progress ")
+# Every metric of every report, on one line each (over 40 values with the auxiliary losses).
+_METRIC_REPORTS = ("report_training_metrics(", "report_validation_metrics(")
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_local_core_log(metrics_file: str | None) -> logging.Filter:
+    """Off the cluster, keep Determined's core log to what a reader can use (saved checkpoints, warnings).
+
+    Its stand-in for the master logs every status change, progress report and TensorBoard upload: about three
+    quarters of a local run's log. The metric reports go too when `metrics_file` keeps them (the progress lines
+    show the main losses). Returns the filter (installed on the `determined.core` logger).
+    """
+    prefixes = _LOCAL_MASTER_CALLS + (_METRIC_REPORTS if metrics_file else ())
+    core_logger = logging.getLogger("determined.core")
+    for installed in list(core_logger.filters):
+        if isinstance(installed, _DropMessages):
+            core_logger.removeFilter(installed)  # one run's setting, not the last run's in this process
+    dropper = _DropMessages(prefixes)
+    core_logger.addFilter(dropper)
+    return dropper
