@@ -25,10 +25,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
 import model as detr_model  # noqa: E402
-from deformable_detr.config.experiment import ExperimentSettings, load_experiment_config  # noqa: E402
+from deformable_detr.config.experiment import (  # noqa: E402
+    ExperimentSettings,
+    load_experiment_config,
+    parse_hyperparameters,
+)
 from deformable_detr.config.optim import AMP_MODES  # noqa: E402
 from deformable_detr.data import synthetic  # noqa: E402
 from deformable_detr.data.labels import fit_num_classes  # noqa: E402
+from deformable_detr.models.denoising import training_queries  # noqa: E402
 from deformable_detr.training.optim import build_optimizer  # noqa: E402
 from deformable_detr.training.precision import resolve_amp  # noqa: E402
 from deformable_detr.training.steps import autocast, step_losses  # noqa: E402
@@ -76,6 +81,7 @@ def main() -> None:
         num_workers=num_workers, collate_fn=data.collate_fn, drop_last=True, persistent_workers=num_workers > 0,
     )
     model, criterion, _ = detr_model.build_model(hparams)
+    model_settings, _ = parse_hyperparameters(hparams)
     model.to(device).train()
     criterion.to(device)
     optimizer = build_optimizer(model, settings)
@@ -109,10 +115,11 @@ def main() -> None:
             images, mask, targets = next(batches)
         images, mask = images.to(device), mask.to(device)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        denoising = training_queries(targets, model_settings, torch.Generator().manual_seed(step))  # as the trial
         synchronize(device)
         marks.append(time.perf_counter())
         with autocast(device.type, amp):
-            outputs = model(images, mask)
+            outputs = model(images, mask, denoising)
         synchronize(device)
         marks.append(time.perf_counter())
         matched_before = matching["seconds"]

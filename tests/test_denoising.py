@@ -8,7 +8,7 @@ import torch
 from two_stage_models import TINY_TWO_STAGE, build, images
 from deformable_detr.config.experiment import parse_hyperparameters
 from deformable_detr.models.criterion import build_weight_dict
-from deformable_detr.models.denoising import denoising_indices, noised_queries
+from deformable_detr.models.denoising import denoising_indices, noised_queries, training_queries
 from model_def import DeformableDETRTrial
 from trial_runs import TINY_MODEL
 
@@ -53,6 +53,14 @@ def test_queries_depend_only_on_the_generator_and_need_targets():
     assert not torch.equal(first.boxes, other.boxes)
     empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
     assert queries(targets=empty) is None
+
+
+def test_the_settings_decide_whether_and_how_a_step_is_noised():
+    settings = parse_hyperparameters({**DENOISING, "num_classes": 7, "denoising_label_noise": 0.6})[0]
+    drawn = training_queries(TARGETS, settings, torch.Generator().manual_seed(2))
+    expected = noised_queries(TARGETS, 3, 7, 0.4, 0.6, torch.Generator().manual_seed(2))
+    assert drawn.groups == 3 and torch.equal(drawn.boxes, expected.boxes) and torch.equal(drawn.labels, expected.labels)
+    assert training_queries(TARGETS, parse_hyperparameters(TINY)[0]) is None  # denoising_groups 0
 
 
 def test_indices_pair_each_query_with_the_target_it_was_made_from():

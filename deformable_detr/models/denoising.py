@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from deformable_detr.config.model import ModelSettings
 from deformable_detr.models.matcher import Indices
 
 
@@ -61,6 +62,15 @@ def noised_queries(targets: list[dict], groups: int, num_classes: int, box_noise
     size = size * (1 + uniform[..., 2:] * box_noise)
     noised = torch.cat([centre, size], -1).clamp(0.0, 1.0) * valid[..., None]
     return DenoisingQueries(labels.flatten(1), noised.flatten(1, 2), groups, per_group)
+
+
+def training_queries(targets: list[dict], settings: ModelSettings,
+                     generator: torch.Generator | None = None) -> DenoisingQueries | None:
+    """A training step's denoising queries as `settings` asks for them (None when `denoising_groups` is 0)."""
+    if not settings.denoising_groups:
+        return None
+    return noised_queries(targets, settings.denoising_groups, settings.num_classes, settings.denoising_box_noise,
+                          settings.denoising_label_noise, generator)
 
 
 def denoising_indices(targets: list[dict], groups: int, per_group: int) -> Indices:

@@ -16,7 +16,7 @@ from deformable_detr.data.build import build_dataset
 from deformable_detr.data.labels import fit_num_classes
 from deformable_detr.data.sampling import EpochShuffleBatchSampler, PerSampleSeededDataset, mix_seed
 from deformable_detr.models.build import build_model
-from deformable_detr.models.denoising import DenoisingQueries, noised_queries
+from deformable_detr.models.denoising import DenoisingQueries, training_queries
 from deformable_detr.training.checkpoints import CheckpointMetadataWriter, make_metadata
 from deformable_detr.training.coco_eval import CocoDetectionReducer
 from deformable_detr.training.determined_compat import direct_checkpoint_storage, exit_after_checkpoint
@@ -156,14 +156,10 @@ class DeformableDETRTrial(pytorch.PyTorchTrial):
     def _denoising_queries(self, targets: list[dict], global_batch: int) -> DenoisingQueries | None:
         """The step's noised targets (query denoising), drawn from (seed, rank, step) alone: a resumed run draws
         the same."""
-        model = self.settings.model
-        if not model.denoising_groups:
-            return None
         generator = torch.Generator().manual_seed(
             mix_seed(mix_seed(self.seed, self.context.distributed.get_rank()), global_batch) % 2**63
         )
-        return noised_queries(targets, model.denoising_groups, model.num_classes, model.denoising_box_noise,
-                              model.denoising_label_noise, generator)
+        return training_queries(targets, self.settings.model, generator)
 
     def _optimizer_step(self, loss: torch.Tensor, targets: list[dict]) -> None:
         """Backward, then (every `aggregation_frequency` batches) gradient clipping (`clip_max_norm` > 0) and the
