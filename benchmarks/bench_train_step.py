@@ -25,11 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data  # noqa: E402
 import model as detr_model  # noqa: E402
-from deformable_detr.config.experiment import (  # noqa: E402
-    ExperimentSettings,
-    load_experiment_config,
-    parse_hyperparameters,
-)
+from deformable_detr.config.experiment import ExperimentSettings, load_experiment_config  # noqa: E402
 from deformable_detr.config.optim import AMP_MODES  # noqa: E402
 from deformable_detr.data import synthetic  # noqa: E402
 from deformable_detr.data.labels import fit_num_classes  # noqa: E402
@@ -81,7 +77,7 @@ def main() -> None:
         num_workers=num_workers, collate_fn=data.collate_fn, drop_last=True, persistent_workers=num_workers > 0,
     )
     model, criterion, _ = detr_model.build_model(hparams)
-    model_settings, _ = parse_hyperparameters(hparams)
+    model_settings = dataclasses.replace(experiment.model, num_classes=hparams["num_classes"])  # as the trial
     model.to(device).train()
     criterion.to(device)
     optimizer = build_optimizer(model, settings)
